@@ -1,0 +1,657 @@
+"""The domain's value objects: members, policies, plans, results, notices.
+
+Everything here is data: frozen attrs classes with no I/O. Secrets
+(passwords, tokens, hashes) are ``repr=False`` fields and never reach a
+``repr``, ``str`` or HTML table.
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+from ._passwords import PasswordRules
+from .errors import InvalidInputError, PartialResetError
+
+__all__ = [
+    "ALL",
+    "AuditEvent",
+    "AuthResult",
+    "Exclusion",
+    "ExclusionReason",
+    "Member",
+    "MemberOutcome",
+    "MemberStatus",
+    "Notice",
+    "NoticeKind",
+    "Outcome",
+    "PlanSettings",
+    "PlanWarning",
+    "ResetMode",
+    "ResetPlan",
+    "ResetPolicy",
+    "ResetResult",
+    "Role",
+    "Selection",
+    "SignInMethod",
+    "WarningKind",
+    "fold_login",
+]
+
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 1024
+
+
+class _Choice(str, enum.Enum):
+    """An enum whose values are the lower-case names used in files and JSON."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+
+class SignInMethod(_Choice):
+    """How a member signs in."""
+
+    PASSWORD = "password"
+    """With a registered login ID and password."""
+    QUICK_LOGIN = "quick_login"
+    """With a social or one-tap login and, unless they registered one, no password."""
+
+
+class MemberStatus(_Choice):
+    """Where a member's account stands."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    PENDING = "pending"
+    """Invited, but never accepted the invitation."""
+
+
+class Role(_Choice):
+    """A member's administrative role."""
+
+    MEMBER = "member"
+    ADMIN = "admin"
+    SUPER_ADMIN = "super_admin"
+
+    @property
+    def is_admin(self) -> bool:
+        """True for roles that may plan a bulk reset."""
+        return self is not Role.MEMBER
+
+
+class ResetMode(_Choice):
+    """The two methods of a bulk reset (SPEC §1)."""
+
+    FORCE_CHANGE = "force_change"
+    """Everyone gets the same new password now, and must change it at next sign-in."""
+    REQUEST_CHANGE = "request_change"
+    """Everyone gets a single-use, expiring change request; passwords keep working."""
+
+
+class ExclusionReason(_Choice):
+    """Why a selected member is not a target. Checked in this order; the first applies."""
+
+    UNKNOWN_MEMBER = "unknown_member"
+    ACTOR = "actor"
+    NOT_PERMITTED = "not_permitted"
+    NOT_ACTIVATED = "not_activated"
+    SUSPENDED = "suspended"
+    NO_PASSWORD = "no_password"
+
+
+class WarningKind(_Choice):
+    """Something the administrator should know about a target before applying."""
+
+    CANNOT_SELF_RECOVER = "cannot_self_recover"
+    """No mobile phone number and no personal email: cannot recover a forgotten password (R5)."""
+
+
+class Outcome(_Choice):
+    """What happened to one selected member."""
+
+    RESET = "reset"
+    REQUESTED = "requested"
+    EXCLUDED = "excluded"
+    FAILED = "failed"
+
+
+class NoticeKind(_Choice):
+    """The kinds of message a bulk reset sends."""
+
+    PASSWORD_RESET = "password_reset"
+    CHANGE_REQUEST = "change_request"
+
+
+class _AllType(enum.Enum):
+    ALL = "ALL"
+
+    def __repr__(self) -> str:
+        return "ALL"
+
+
+ALL: Literal[_AllType.ALL] = _AllType.ALL
+"""Select every member of the directory."""
+
+Selection = Iterable[str] | Literal[_AllType.ALL]
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _enum_converter(kind: type[E]) -> Callable[[Any], E]:
+    def convert(value: Any) -> E:
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in kind)
+            raise InvalidInputError(
+                f"{kind.__name__} must be one of {choices}, not {value!r:.40}"
+            ) from None
+
+    return convert
+
+
+def check_text(value: object, *, what: str, limit: int, required: bool) -> None:
+    """Refuse what cannot be a clean identifier or name.
+
+    Raises:
+        InvalidInputError: not a string, empty when required, longer than
+            *limit* characters, or holding control characters or surrogates.
+    """
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a string, not {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidInputError(f"{what} must not be empty")
+    if len(value) > limit:
+        raise InvalidInputError(f"{what} is longer than {limit} characters")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise InvalidInputError(f"{what} contains a control character")
+
+
+def _optional_contact(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    raise InvalidInputError(f"a contact must be a string or None, not {type(value).__name__}")
+
+
+def fold_login(login_id: str) -> str:
+    """The key login IDs compare by: NFKC, then Unicode case folding.
+
+    ``Rina@x`` and ``rina@x`` share a key; ``rina`` and ``rına`` (dotless i)
+    do not, because case folding keeps them apart.
+    """
+    return unicodedata.normalize("NFKC", login_id).casefold()
+
+
+@attrs.frozen
+class Member:
+    """One entry of the member directory.
+
+    Args:
+        member_id: The directory's stable ID (1-256 characters).
+        login_id: What the member signs in with; compared by :func:`fold_login`.
+        name: Display name.
+        sign_in: :class:`SignInMethod` (or its value, ``"quick_login"``).
+        mobile_phone: E.164 number, or ``None``; blank strings become ``None``.
+        personal_email: A personal (non-work) address, or ``None``.
+        status: :class:`MemberStatus` (or its value).
+        role: :class:`Role` (or its value).
+
+    Raises:
+        InvalidInputError: an ID is empty, too long, or has control characters;
+            an enum value is unknown.
+    """
+
+    member_id: str
+    login_id: str
+    name: str = ""
+    sign_in: SignInMethod = attrs.field(
+        default=SignInMethod.PASSWORD, converter=_enum_converter(SignInMethod)
+    )
+    mobile_phone: str | None = attrs.field(default=None, converter=_optional_contact)
+    personal_email: str | None = attrs.field(default=None, converter=_optional_contact)
+    status: MemberStatus = attrs.field(
+        default=MemberStatus.ACTIVE, converter=_enum_converter(MemberStatus)
+    )
+    role: Role = attrs.field(default=Role.MEMBER, converter=_enum_converter(Role))
+
+    def __attrs_post_init__(self) -> None:
+        check_text(self.member_id, what="member_id", limit=MAX_ID_LENGTH, required=True)
+        check_text(self.login_id, what="login_id", limit=MAX_ID_LENGTH, required=True)
+        check_text(self.name, what="name", limit=MAX_TEXT_LENGTH, required=False)
+        for what in ("mobile_phone", "personal_email"):
+            contact = getattr(self, what)
+            if contact is not None:
+                check_text(contact, what=what, limit=MAX_ID_LENGTH, required=False)
+
+    @property
+    def can_self_recover(self) -> bool:
+        """True when the member has a mobile phone number or a personal email (R5)."""
+        return bool(self.mobile_phone or self.personal_email)
+
+    @property
+    def login_key(self) -> str:
+        """The login ID as compared: NFKC, case-folded (see :func:`fold_login`)."""
+        return fold_login(self.login_id)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise InvalidInputError(f"{attribute.name} must be a positive timedelta")
+
+
+MAX_SESSION_DEADLINE = timedelta(minutes=5)
+
+
+@attrs.frozen
+class ResetPolicy:
+    """What a bulk reset does.
+
+    Args:
+        mode: :attr:`ResetMode.FORCE_CHANGE` or :attr:`ResetMode.REQUEST_CHANGE`.
+        new_password: The shared new password (R1): required for force change,
+            forbidden for request change. Checked against ``rules`` by
+            ``plan``. Never shown by ``repr``.
+        require_change_at_next_login: Force change: the member must change the
+            password at their next sign-in (default ``True``).
+        follow_with_request: Force change: also send each target a change
+            request (R6: force first, then request, when members *must* change).
+        deliver_password: Force change: put the password in the
+            ``PASSWORD_RESET`` notice. Off by default: OWASP ASVS 4.0.3 2.5.1
+            warns against sending passwords; the precautions say so.
+        session_deadline: Force change: every target's sessions end within
+            this time (R3); at most 5 minutes.
+        request_ttl: How long a change request stays valid (default 24 hours).
+        include_actor: Let the acting administrator be a target (default: excluded).
+        include_suspended: Let suspended members be targets.
+        plan_ttl: How long a plan may wait for its first apply (default 1 hour).
+        rules: :class:`PasswordRules` for ``new_password``.
+
+    Raises:
+        InvalidInputError: a password given for request change or missing for
+            force change; an option that belongs to the other mode; a
+            non-positive duration; a ``session_deadline`` over 5 minutes.
+    """
+
+    mode: ResetMode = attrs.field(converter=_enum_converter(ResetMode))
+    new_password: str | None = attrs.field(default=None, kw_only=True, repr=False)
+    require_change_at_next_login: bool = attrs.field(default=True, kw_only=True)
+    follow_with_request: bool = attrs.field(default=False, kw_only=True)
+    deliver_password: bool = attrs.field(default=False, kw_only=True)
+    session_deadline: timedelta = attrs.field(
+        default=timedelta(minutes=5), kw_only=True, validator=_positive
+    )
+    request_ttl: timedelta = attrs.field(
+        default=timedelta(hours=24), kw_only=True, validator=_positive
+    )
+    include_actor: bool = attrs.field(default=False, kw_only=True)
+    include_suspended: bool = attrs.field(default=False, kw_only=True)
+    plan_ttl: timedelta = attrs.field(default=timedelta(hours=1), kw_only=True, validator=_positive)
+    rules: PasswordRules = attrs.field(factory=PasswordRules, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode is ResetMode.FORCE_CHANGE:
+            if self.new_password is None:
+                raise InvalidInputError("force change needs new_password")
+        else:
+            if self.new_password is not None:
+                raise InvalidInputError("request change takes no new_password")
+            if self.follow_with_request or self.deliver_password:
+                raise InvalidInputError(
+                    "follow_with_request and deliver_password belong to force change"
+                )
+        if self.session_deadline > MAX_SESSION_DEADLINE:
+            raise InvalidInputError("session_deadline may be at most 5 minutes (R3)")
+        if not isinstance(self.rules, PasswordRules):
+            raise InvalidInputError("rules must be a PasswordRules")
+
+    def settings(self) -> PlanSettings:
+        """The policy without its password: what a stored plan keeps."""
+        return PlanSettings(
+            mode=self.mode,
+            require_change_at_next_login=self.require_change_at_next_login,
+            follow_with_request=self.follow_with_request,
+            deliver_password=self.deliver_password,
+            session_deadline=self.session_deadline,
+            request_ttl=self.request_ttl,
+            include_actor=self.include_actor,
+            include_suspended=self.include_suspended,
+            plan_ttl=self.plan_ttl,
+        )
+
+
+@attrs.frozen
+class PlanSettings:
+    """A :class:`ResetPolicy` as a plan keeps it: every option but the password."""
+
+    mode: ResetMode
+    require_change_at_next_login: bool = True
+    follow_with_request: bool = False
+    deliver_password: bool = False
+    session_deadline: timedelta = timedelta(minutes=5)
+    request_ttl: timedelta = timedelta(hours=24)
+    include_actor: bool = False
+    include_suspended: bool = False
+    plan_ttl: timedelta = timedelta(hours=1)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; durations in seconds."""
+        return {
+            "mode": self.mode.value,
+            "require_change_at_next_login": self.require_change_at_next_login,
+            "follow_with_request": self.follow_with_request,
+            "deliver_password": self.deliver_password,
+            "session_deadline": self.session_deadline.total_seconds(),
+            "request_ttl": self.request_ttl.total_seconds(),
+            "include_actor": self.include_actor,
+            "include_suspended": self.include_suspended,
+            "plan_ttl": self.plan_ttl.total_seconds(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlanSettings:
+        """The inverse of :meth:`to_json`."""
+        durations = ("session_deadline", "request_ttl", "plan_ttl")
+        values = {k: timedelta(seconds=v) if k in durations else v for k, v in data.items()}
+        values["mode"] = ResetMode(values["mode"])
+        return cls(**values)
+
+
+@attrs.frozen
+class Exclusion:
+    """A selected member who is not a target, and why (R2, R8)."""
+
+    member_id: str
+    reason: ExclusionReason
+
+
+@attrs.frozen
+class PlanWarning:
+    """A target the administrator should know about (R5)."""
+
+    member_id: str
+    kind: WarningKind
+
+
+def _table(headers: tuple[str, ...], rows: Iterable[tuple[object, ...]], limit: int = 50) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for index, row in enumerate(rows):
+        if index == limit:
+            body.append(f'<tr><td colspan="{len(headers)}">…</td></tr>')
+            break
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+@attrs.frozen
+class ResetPlan:
+    """A dry run: who would be reset, who is excluded and why, and what to heed.
+
+    Made by ``ResetService.plan``, kept by the store, applied by
+    ``ResetService.apply(plan, confirm=plan.confirmation)``.
+
+    Attributes:
+        plan_id: Unique ID.
+        mode: The :class:`ResetMode`.
+        created_at: Aware UTC instant the plan was made.
+        actor: Member ID of the administrator who made it.
+        targets: Members who will be reset, in selection order.
+        excluded: Selected members who will not, with a reason each.
+        warnings: Per-target warnings (R5).
+        precautions: Sentences the administrator must read before confirming.
+        confirmation: The code ``apply`` asks for (R7). Not a secret: it
+            proves the administrator saw this plan.
+        settings: The policy's options, without the password.
+    """
+
+    plan_id: str
+    mode: ResetMode
+    created_at: datetime
+    actor: str
+    targets: tuple[Member, ...]
+    excluded: tuple[Exclusion, ...]
+    warnings: tuple[PlanWarning, ...]
+    precautions: tuple[str, ...]
+    confirmation: str
+    settings: PlanSettings
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the plan can no longer be started (``created_at + plan_ttl``)."""
+        return self.created_at + self.settings.plan_ttl
+
+    @property
+    def selected(self) -> int:
+        """How many distinct members were selected: targets plus exclusions."""
+        return len(self.targets) + len(self.excluded)
+
+    def exclusion_counts(self) -> dict[ExclusionReason, int]:
+        """Excluded members counted by reason."""
+        return dict(Counter(e.reason for e in self.excluded))
+
+    def warning_counts(self) -> dict[WarningKind, int]:
+        """Warnings counted by kind."""
+        return dict(Counter(w.kind for w in self.warnings))
+
+    def __repr__(self) -> str:
+        return (
+            f"<ResetPlan {self.plan_id} {self.mode.value}: {len(self.targets)} target(s), "
+            f"{len(self.excluded)} excluded, {len(self.warnings)} warning(s), "
+            f"confirmation {self.confirmation}>"
+        )
+
+    def _repr_html_(self) -> str:
+        summary = _table(
+            ("plan", "mode", "targets", "excluded", "warnings", "confirmation"),
+            [
+                (
+                    self.plan_id,
+                    self.mode.value,
+                    len(self.targets),
+                    len(self.excluded),
+                    len(self.warnings),
+                    self.confirmation,
+                )
+            ],
+        )
+        precautions = "".join(f"<li>{html.escape(p)}</li>" for p in self.precautions)
+        return (
+            f"<div><strong>Reset plan</strong>{summary}<p>Precautions</p><ul>{precautions}</ul>"
+            f"<p>Excluded</p>{_table(('member', 'reason'), ((e.member_id, e.reason.value) for e in self.excluded))}"  # noqa: E501
+            f"<p>Warnings</p>{_table(('member', 'warning'), ((w.member_id, w.kind.value) for w in self.warnings))}"  # noqa: E501
+            "</div>"
+        )
+
+
+@attrs.frozen
+class MemberOutcome:
+    """What happened to one selected member.
+
+    Attributes:
+        member_id: The member.
+        outcome: :class:`Outcome`.
+        reason: For ``EXCLUDED``, the :class:`ExclusionReason` value; for
+            ``FAILED``, what failed; otherwise ``None`` or a note such as
+            why a notice is not yet delivered. Never a secret.
+        sessions_revoked: Force change: the session port confirmed the
+            member's sessions ended.
+        notified: Every notice for the member was handed to the notifier.
+        login_id: The member's login ID, for reports (empty if unknown).
+        at: When the member's effect was stored (aware UTC), if it was.
+        attempted_at: When a failed session revocation was last tried.
+    """
+
+    member_id: str
+    outcome: Outcome
+    reason: str | None = None
+    sessions_revoked: bool = False
+    notified: bool = False
+    login_id: str = ""
+    at: datetime | None = attrs.field(default=None, eq=False)
+    attempted_at: datetime | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen(eq=True)
+class ResetResult:
+    """What an apply did, one :class:`MemberOutcome` per selected member.
+
+    Attributes:
+        plan_id: The plan applied.
+        outcomes: Member ID to :class:`MemberOutcome`: the plan's targets in
+            selection order, then its exclusions.
+        started_at: When this plan's first apply started (aware UTC).
+        finished_at: When this apply finished (aware UTC).
+    """
+
+    plan_id: str
+    outcomes: Mapping[str, MemberOutcome] = attrs.field(converter=lambda m: MappingProxyType(dict(m)))
+    started_at: datetime
+    finished_at: datetime
+
+    def count(self, outcome: Outcome) -> int:
+        """How many selected members ended with *outcome*."""
+        return sum(1 for o in self.outcomes.values() if o.outcome is outcome)
+
+    def counts(self) -> dict[Outcome, int]:
+        """Every outcome with its count (zeros included)."""
+        return {outcome: self.count(outcome) for outcome in Outcome}
+
+    def __iter__(self) -> Iterator[MemberOutcome]:
+        return iter(self.outcomes.values())
+
+    @property
+    def unfinished(self) -> tuple[str, ...]:
+        """Targets whose reset failed, or whose sessions or notices are unconfirmed."""
+        return tuple(
+            o.member_id
+            for o in self.outcomes.values()
+            if o.outcome is Outcome.FAILED
+            or (o.outcome is Outcome.RESET and not (o.notified and o.sessions_revoked))
+            or (o.outcome is Outcome.REQUESTED and not o.notified)
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when no member failed (excluded members are not failures)."""
+        return self.count(Outcome.FAILED) == 0
+
+    def raise_for_failures(self) -> None:
+        """Raise if any member failed.
+
+        Raises:
+            PartialResetError: listing the IDs of the members that failed.
+        """
+        failed = [o.member_id for o in self.outcomes.values() if o.outcome is Outcome.FAILED]
+        if failed:
+            raise PartialResetError(failed)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{o.value}={n}" for o, n in self.counts().items())
+        return f"<ResetResult {self.plan_id}: {counts}>"
+
+    def _repr_html_(self) -> str:
+        summary = _table(
+            ("plan", *(o.value for o in Outcome)),
+            [(self.plan_id, *(self.count(o) for o in Outcome))],
+        )
+        rows = (
+            (o.member_id, o.login_id, o.outcome.value, o.reason or "", o.sessions_revoked, o.notified)
+            for o in self.outcomes.values()
+        )
+        headers = ("member", "login", "outcome", "reason", "sessions revoked", "notified")
+        return f"<div><strong>Reset result</strong>{summary}{_table(headers, rows)}</div>"
+
+
+@attrs.frozen
+class AuthResult:
+    """The answer of ``ResetService.authenticate``.
+
+    Attributes:
+        ok: The login ID and password are right and the member may sign in.
+        member_id: The member, when ``ok``; ``None`` otherwise.
+        must_change_password: The member must change the password now.
+        reason: Why not ``ok`` (``"invalid"``, ``"too_long"``), for logs;
+            do not show it to the person signing in.
+    """
+
+    ok: bool
+    member_id: str | None = None
+    must_change_password: bool = False
+    reason: str | None = None
+
+
+@attrs.frozen
+class Notice:
+    """One message to one member, handed to the notifier.
+
+    Attributes:
+        member_id: The member.
+        kind: :class:`NoticeKind`.
+        token: The change request's reset token (``CHANGE_REQUEST`` only).
+            Secret: never in ``repr``.
+        password: The new password, only when the policy sets
+            ``deliver_password``. Secret: never in ``repr``.
+        expires_at: When the token expires (aware UTC), for ``CHANGE_REQUEST``.
+        idempotency_key: ``plan:member:kind``; a notifier drops a key it
+            already delivered.
+        recipient: The address to use: the login address for a change
+            request, the personal email (else the login address) for a reset.
+        actor: Member ID of the administrator who reset the password.
+        issued_at: When the effect was stored.
+        plan_id: The plan.
+        name: The member's display name.
+    """
+
+    member_id: str
+    kind: NoticeKind
+    token: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+    expires_at: datetime | None = None
+    idempotency_key: str = ""
+    recipient: str | None = None
+    actor: str | None = None
+    issued_at: datetime | None = None
+    plan_id: str | None = None
+    name: str = ""
+
+    def without_secrets(self) -> Notice:
+        """A copy with the token and password erased."""
+        return attrs.evolve(self, token=None, password=None)
+
+
+@attrs.frozen
+class AuditEvent:
+    """One line of the audit log. Never holds a secret.
+
+    Attributes:
+        at: Aware UTC instant.
+        action: What happened, for example ``"plan.created"``,
+            ``"member.reset"``, ``"member.requested"``, ``"sessions.revoked"``,
+            ``"notice.sent"``, ``"token.redeemed"``, ``"password.changed"``.
+        actor: Who did it (member ID), or ``None`` for the member themself.
+        plan_id: The plan, if any.
+        member_id: The member affected, if any.
+        detail: A short, secret-free note.
+    """
+
+    at: datetime
+    action: str
+    actor: str | None = None
+    plan_id: str | None = None
+    member_id: str | None = None
+    detail: str = ""

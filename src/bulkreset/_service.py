@@ -1,0 +1,856 @@
+"""ResetService: the use cases, orchestrating the three ports."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import argon2
+import attrs
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from . import _planning
+from ._clock import Clock, read_clock, system_clock, to_utc
+from ._model import (
+    ALL,
+    AuditEvent,
+    AuthResult,
+    Member,
+    MemberOutcome,
+    MemberStatus,
+    Notice,
+    NoticeKind,
+    Outcome,
+    PlanSettings,
+    ResetMode,
+    ResetPlan,
+    ResetPolicy,
+    ResetResult,
+    Selection,
+    fold_login,
+)
+from ._passwords import PasswordRules, normalize_password
+from ._tokens import MAX_TOKEN_LENGTH, derive_token, token_digest, token_is_live
+from .errors import (
+    AuthorizationError,
+    ConfirmationError,
+    InvalidCredentialsError,
+    InvalidInputError,
+    InvalidTokenError,
+    PasswordPolicyError,
+    PlanInProgressError,
+    PlanNotFoundError,
+    StalePlanError,
+)
+from .ports import Credential as _Credential
+from .ports import (
+    CredentialWrite,
+    EffectBatch,
+    Notifier,
+    PlanRecord,
+    SessionStore,
+    Storage,
+)
+from .ports import TokenRecord as _TokenRecord
+
+__all__ = ["ProgressCallback", "ResetService"]
+
+log = logging.getLogger("bulkreset")
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` with counts of targets."""
+
+AuditSink = Callable[[AuditEvent], None]
+
+T = TypeVar("T")
+
+_LEASE = timedelta(minutes=10)
+_MAX_LOGIN_LENGTH = 1024
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure reason for a report: the exception's type, never its message.
+
+    Messages from a host's adapter could quote anything, secrets included.
+    """
+    return f"error: {type(exc).__name__}"
+
+
+class ResetService:
+    """Plans and applies bulk password resets, and serves the member-side flows.
+
+    Args:
+        store: The :class:`~bulkreset.ports.Storage` port.
+        notifier: The :class:`~bulkreset.ports.Notifier` port.
+        sessions: The :class:`~bulkreset.ports.SessionStore` port.
+        hasher: An :class:`argon2.PasswordHasher`; by default argon2-cffi's
+            own defaults (the RFC 9106 low-memory profile: Argon2id, 3
+            iterations, 64 MiB, 4 lanes).
+        clock: Zero-argument callable returning an aware ``datetime``; any
+            UTC offset, normalized to UTC. Naive datetimes are refused
+            (``InvalidInputError``). Default: the system clock.
+        audit: Optional callable that receives every audit event after the
+            store recorded it (to forward to a SIEM, say).
+        rules: :class:`~bulkreset.PasswordRules` for passwords members set
+            themselves (``change_password``, ``redeem``, ``set_password``).
+        chunk_size: Targets written per transaction by ``apply``.
+        sleep: Waits between session revocation retries, in seconds
+            (default :func:`time.sleep`; tests pass one that moves a fake clock).
+
+    A service object holds no per-call state: share one across threads if its
+    ports allow it.
+    """
+
+    def __init__(
+        self,
+        store: Storage,
+        notifier: Notifier,
+        sessions: SessionStore,
+        *,
+        hasher: argon2.PasswordHasher | None = None,
+        clock: Clock | None = None,
+        audit: AuditSink | None = None,
+        rules: PasswordRules | None = None,
+        chunk_size: int = 1000,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        if chunk_size < 1:
+            raise InvalidInputError("chunk_size must be at least 1")
+        self.store = store
+        self.notifier = notifier
+        self.sessions = sessions
+        self.hasher = hasher if hasher is not None else argon2.PasswordHasher()
+        self.clock: Clock = clock if clock is not None else system_clock
+        self.rules = rules if rules is not None else PasswordRules()
+        self._audit_sink = audit
+        self._chunk_size = chunk_size
+        self._sleep = sleep if sleep is not None else time.sleep
+        self._dummy_hash: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<ResetService store={type(self.store).__name__} "
+            f"notifier={type(self.notifier).__name__} sessions={type(self.sessions).__name__}>"
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _now(self) -> datetime:
+        return read_clock(self.clock)
+
+    def _hash(self, password: str) -> str:
+        return self.hasher.hash(normalize_password(password))
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(password_hash, normalize_password(password))
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def _burn_one_verification(self, password: str) -> None:
+        """Spend what a real verification costs, so unknown logins are not faster."""
+        if self._dummy_hash is None:
+            self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        self._verify(self._dummy_hash, password)
+
+    def _emit(self, events: Sequence[AuditEvent]) -> None:
+        if self._audit_sink is not None:
+            for event in events:
+                self._audit_sink(event)
+
+    def _authorize(self, actor: object) -> Member:
+        if not isinstance(actor, str) or not actor or len(actor) > 256:
+            raise AuthorizationError("the actor must be a member ID")
+        try:
+            member = self.store.get_members([actor]).get(actor)
+        except UnicodeError:
+            member = None
+        if member is None:
+            raise AuthorizationError("unknown actor: only administrators may reset passwords")
+        if not member.role.is_admin or member.status is not MemberStatus.ACTIVE:
+            raise AuthorizationError("only active administrators may reset passwords")
+        return member
+
+    def _selected_ids(self, selection: Selection) -> list[str]:
+        if selection is ALL:
+            return [m.member_id for page in self.store.iter_members() for m in page]
+        return _planning.dedupe_selection(selection)
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, selection: Selection, policy: ResetPolicy, *, actor: str) -> ResetPlan:
+        """Make a dry run (R7): who would be reset, who is excluded and why.
+
+        Nothing changes for any member: the plan itself is kept by the store
+        (so another process can apply it) with an audit event, and a force
+        change's password is hashed once, here (SPEC §5).
+
+        Args:
+            selection: An iterable of member IDs (repeats collapse, unknown
+                IDs are excluded as ``UNKNOWN_MEMBER``), or :data:`ALL`.
+            policy: The :class:`ResetPolicy`.
+            actor: Member ID of the administrator making the plan.
+
+        Raises:
+            InvalidInputError: *selection* or *policy* is malformed.
+            AuthorizationError: *actor* is unknown, inactive or not an administrator.
+            PasswordPolicyError: the force-change password breaks ``policy.rules``
+                (also when it equals a target's login ID).
+        """
+        if not isinstance(policy, ResetPolicy):
+            raise InvalidInputError("policy must be a ResetPolicy")
+        now = self._now()
+        actor_member = self._authorize(actor)
+        selected = self._selected_ids(selection)
+        settings = policy.settings()
+        members: dict[str, Member] = {}
+        with_password: set[str] = set()
+        for chunk in _chunks(selected, self._chunk_size):
+            found = self.store.get_members(chunk)
+            members.update(found)
+            with_password.update(self.store.get_credentials(list(found)))
+        plan = _planning.build_plan(
+            plan_id=_planning.new_plan_id(),
+            created_at=now,
+            actor=actor_member,
+            settings=settings,
+            selected=selected,
+            members=members,
+            with_password=with_password,
+            confirmation=_planning.new_confirmation_code(),
+        )
+        password_hash = password = token_key = None
+        if policy.mode is ResetMode.FORCE_CHANGE:
+            assert policy.new_password is not None  # guaranteed by ResetPolicy
+            policy.rules.check(policy.new_password, login_ids=(m.login_id for m in plan.targets))
+            password_hash = self._hash(policy.new_password)
+            if policy.deliver_password:
+                password = policy.new_password
+        if policy.mode is ResetMode.REQUEST_CHANGE or policy.follow_with_request:
+            token_key = secrets.token_bytes(32)
+        event = AuditEvent(
+            at=now,
+            action="plan.created",
+            actor=actor_member.member_id,
+            plan_id=plan.plan_id,
+            detail=f"{plan.mode.value}: {len(plan.targets)} target(s), "
+            f"{len(plan.excluded)} excluded",
+        )
+        record = PlanRecord(plan, password_hash=password_hash, password=password, token_key=token_key)
+        self.store.save_plan(record, event)
+        self._emit([event])
+        log.info("planned %s: %d targets", plan.plan_id, len(plan.targets))
+        return plan
+
+    def load_plan(self, plan_id: str) -> ResetPlan:
+        """The stored plan with this ID, as ``plan`` returned it.
+
+        Raises:
+            PlanNotFoundError: no such plan.
+        """
+        return self._load_record(plan_id).plan
+
+    def _load_record(self, plan_id: object) -> PlanRecord:
+        if not isinstance(plan_id, str) or not plan_id or len(plan_id) > 64:
+            raise PlanNotFoundError(str(plan_id)[:64])
+        try:
+            record = self.store.load_plan(plan_id)
+        except UnicodeError:
+            record = None
+        if record is None:
+            raise PlanNotFoundError(plan_id)
+        return record
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(
+        self,
+        plan: ResetPlan | str,
+        *,
+        confirm: str | None,
+        progress: ProgressCallback | None = None,
+    ) -> ResetResult:
+        """Apply a confirmed plan; safe to call again to resume or re-check it.
+
+        Targets are re-checked against the directory as it is now (a member
+        deleted, suspended or otherwise changed since planning is reported,
+        not blindly reset), then written in chunks, each chunk atomically with
+        its progress and audit events. Then, per chunk, sessions are revoked
+        (force change) and notices sent. Calling ``apply`` again resumes:
+        finished effects are never repeated, and only unfinished members are
+        retried.
+
+        Args:
+            plan: The :class:`ResetPlan` or its ID.
+            confirm: The plan's confirmation code (case, spaces and dashes ignored).
+            progress: Called as ``progress(done, total)`` after each chunk.
+
+        Returns:
+            A :class:`ResetResult` covering every selected member.
+
+        Raises:
+            PlanNotFoundError: the store has no such plan.
+            ConfirmationError: *confirm* is missing or wrong (R7).
+            StalePlanError: the plan never started and ``plan_ttl`` has passed.
+            PlanInProgressError: another apply of this plan is running.
+        """
+        record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
+        if not _planning.codes_match(confirm, record.plan.confirmation):
+            raise ConfirmationError("the confirmation code does not match the plan")
+        now = self._now()
+        if record.started_at is None and now >= record.plan.expires_at:
+            raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
+        owner = secrets.token_hex(8)
+        if not self.store.claim_plan(record.plan.plan_id, owner, now, now + _LEASE):
+            raise PlanInProgressError(f"plan {record.plan.plan_id} is being applied elsewhere")
+        record = self._load_record(record.plan.plan_id)  # started_at as the claim set it
+        finished: datetime | None = None
+        all_notified = False
+        try:
+            run = _ApplyRun(self, record, progress)
+            result = run.execute()
+            all_notified = run.all_notified
+            finished = result.finished_at if not result.unfinished else None
+        finally:
+            self.store.release_plan(
+                record.plan.plan_id, owner, finished_at=finished, erase_secrets=all_notified
+            )
+        return result
+
+    # ------------------------------------------------------------------ member flows
+
+    def authenticate(self, login_id: str, password: str) -> AuthResult:
+        """Check a login ID and password (a sign-in).
+
+        Login IDs match by :func:`~bulkreset.fold_login`. An unknown login
+        still costs one Argon2 verification (no user enumeration by timing);
+        input too long to be a password is refused before any hashing.
+        A hash with outdated Argon2 parameters is rehashed on success (RFC 9106).
+
+        Returns:
+            :class:`AuthResult`: ``ok=False`` for a wrong password, an unknown
+            login, a suspended or pending member, or a Quick Login member with
+            no password; ``must_change_password`` after a force change.
+        """
+        if not isinstance(login_id, str) or not isinstance(password, str):
+            return AuthResult(False, reason="invalid")
+        if len(login_id) > _MAX_LOGIN_LENGTH or self.rules.is_oversized(password):
+            return AuthResult(False, reason="too_long")
+        try:
+            member = self.store.find_member_by_login(fold_login(login_id))
+        except UnicodeError:
+            member = None
+        credential = (
+            self.store.get_credentials([member.member_id]).get(member.member_id)
+            if member is not None
+            else None
+        )
+        if member is None or credential is None:
+            self._burn_one_verification(password)
+            return AuthResult(False, reason="invalid")
+        if not self._verify(credential.password_hash, password):
+            return AuthResult(False, reason="invalid")
+        if member.status is not MemberStatus.ACTIVE:
+            return AuthResult(False, reason="inactive")
+        if self.hasher.check_needs_rehash(credential.password_hash):
+            self.store.rehash_credential(
+                member.member_id, credential.generation, self._hash(password)
+            )
+        return AuthResult(True, member.member_id, credential.must_change)
+
+    def change_password(self, member_id: str, current_password: str, new_password: str) -> None:
+        """Let a member replace their password (the must-change-at-next-sign-in flow).
+
+        Clears ``must_change``, ends the member's sessions issued until now
+        (ASVS 4.0.3 3.3.3: the host issues a fresh one) and kills their
+        outstanding change requests.
+
+        Raises:
+            InvalidCredentialsError: unknown member or wrong *current_password*.
+            PasswordPolicyError: *new_password* breaks the rules, or equals the
+                current one (violation ``same_as_current``).
+        """
+        if not isinstance(current_password, str) or self.rules.is_oversized(current_password):
+            raise InvalidCredentialsError
+        member, credential = self._member_and_credential(member_id)
+        if member is None or credential is None:
+            self._burn_one_verification(current_password)
+            raise InvalidCredentialsError
+        if not self._verify(credential.password_hash, current_password):
+            raise InvalidCredentialsError
+        violations = list(self.rules.violations(new_password, login_ids=[member.login_id]))
+        if isinstance(new_password, str) and normalize_password(new_password) == normalize_password(
+            current_password
+        ):
+            violations.append("same_as_current")
+        if violations:
+            raise PasswordPolicyError(violations)
+        self._write_own_password(
+            member, new_password, credential.generation, must_change=False, action="password.changed"
+        )
+
+    def set_password(self, member_id: str, password: str, *, must_change: bool = False) -> None:
+        """Set one member's password (seeding, or a single administrative reset).
+
+        Ends the member's sessions issued until now and kills their
+        outstanding change requests.
+
+        Raises:
+            InvalidInputError: no member has that ID.
+            PasswordPolicyError: *password* breaks the rules.
+        """
+        member, credential = self._member_and_credential(member_id)
+        if member is None:
+            raise InvalidInputError("no member has that ID")
+        self.rules.check(password, login_ids=[member.login_id])
+        self._write_own_password(
+            member,
+            password,
+            credential.generation if credential else 0,
+            must_change=must_change,
+            action="password.set",
+        )
+
+    def _member_and_credential(self, member_id: object) -> tuple[Member | None, _Credential | None]:
+        if not isinstance(member_id, str) or not member_id or len(member_id) > 256:
+            return None, None
+        try:
+            member = self.store.get_members([member_id]).get(member_id)
+        except UnicodeError:
+            return None, None
+        if member is None:
+            return None, None
+        return member, self.store.get_credentials([member_id]).get(member_id)
+
+    def _write_own_password(
+        self, member: Member, password: str, generation: int, *, must_change: bool, action: str
+    ) -> None:
+        now = self._now()
+        write = CredentialWrite(
+            member.member_id, at=now, must_change=must_change, password_hash=self._hash(password)
+        )
+        event = AuditEvent(at=now, action=action, member_id=member.member_id)
+        if not self.store.write_credential(write, expected_generation=generation, audit=event):
+            raise InvalidCredentialsError  # changed concurrently: the caller's view is stale
+        self._emit([event])
+        self._revoke_quietly([member.member_id], now)
+
+    def _revoke_quietly(self, member_ids: Sequence[str], issued_before: datetime) -> bool:
+        try:
+            self.sessions.revoke(member_ids, issued_before)
+        except Exception:  # the not-before time already invalidates them lazily
+            log.warning("session revocation failed for %d member(s)", len(member_ids))
+            return False
+        return True
+
+    def check_token(self, token: str) -> str:
+        """Check a reset token without using it (when the link is opened).
+
+        Returns:
+            The member ID the token belongs to.
+
+        Raises:
+            InvalidTokenError: unknown, expired, used, superseded, or dead
+                because the password changed after it was issued.
+        """
+        return self._live_token(token, self._now())[0]
+
+    def _live_token(self, token: object, now: datetime) -> tuple[str, str, Member]:
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+            raise InvalidTokenError
+        digest = token_digest(token)
+        record = self.store.find_token(digest)
+        if record is None:
+            raise InvalidTokenError
+        member, credential = self._member_and_credential(record.member_id)
+        generation = credential.generation if credential else 0
+        if (
+            member is None
+            or member.status is not MemberStatus.ACTIVE
+            or not token_is_live(record, digest=digest, generation=generation, now=now)
+        ):
+            raise InvalidTokenError
+        return record.member_id, digest, member
+
+    def redeem(self, token: str, new_password: str) -> str:
+        """Complete a change request: set the member's new password and use the token.
+
+        Also ends the member's sessions (ASVS 4.0.3 3.3.3) and kills their
+        other change requests. A password that breaks the rules leaves the
+        token usable.
+
+        Returns:
+            The member ID.
+
+        Raises:
+            InvalidTokenError: the token is not live (see :meth:`check_token`),
+                or was used concurrently.
+            PasswordPolicyError: *new_password* breaks the rules.
+        """
+        now = self._now()
+        member_id, digest, member = self._live_token(token, now)
+        self.rules.check(new_password, login_ids=[member.login_id])
+        write = CredentialWrite(
+            member_id, at=now, must_change=False, password_hash=self._hash(new_password)
+        )
+        event = AuditEvent(at=now, action="token.redeemed", member_id=member_id)
+        if not self.store.redeem_token(digest, write, event):
+            raise InvalidTokenError
+        self._emit([event])
+        self._revoke_quietly([member_id], now)
+        return member_id
+
+    def session_is_valid(self, member_id: str, issued_at: datetime) -> bool:
+        """The not-before check, for hosts that validate sessions lazily.
+
+        Args:
+            member_id: The session's member.
+            issued_at: When the session was issued (aware datetime).
+
+        Returns:
+            ``False`` when the member is unknown or not active, or the
+            session was issued at or before the member's not-before time
+            (a reset or password change); otherwise ``True``.
+
+        Raises:
+            InvalidInputError: *issued_at* is naive.
+        """
+        issued = to_utc(issued_at, what="issued_at")
+        member, credential = self._member_and_credential(member_id)
+        if member is None or member.status is not MemberStatus.ACTIVE:
+            return False
+        if credential is None or credential.not_before is None:
+            return True
+        return issued > credential.not_before
+
+    def audit_events(
+        self, *, plan_id: str | None = None, member_id: str | None = None
+    ) -> list[AuditEvent]:
+        """The audit log, oldest first, optionally of one plan or one member."""
+        return self.store.audit_events(plan_id=plan_id, member_id=member_id)
+
+
+
+class _ApplyRun:
+    """One apply of one plan: the state that lives only for that call."""
+
+    def __init__(
+        self, service: ResetService, record: PlanRecord, progress: ProgressCallback | None
+    ) -> None:
+        self.service = service
+        self.store = service.store
+        self.record = record
+        self.plan = record.plan
+        self.settings: PlanSettings = record.plan.settings
+        self.callback = progress
+        self.started_at = record.started_at or service._now()
+        self.rows: dict[str, MemberOutcome] = self.store.get_progress(self.plan.plan_id)
+        self.all_notified = False
+
+    @property
+    def force(self) -> bool:
+        return self.settings.mode is ResetMode.FORCE_CHANGE
+
+    @property
+    def sends_request(self) -> bool:
+        return not self.force or self.settings.follow_with_request
+
+    def execute(self) -> ResetResult:
+        targets = self.plan.targets
+        total = len(targets)
+        done = 0
+        for chunk in _chunks(targets, self.service._chunk_size):
+            self._store_effects(chunk)
+            ids = [m.member_id for m in chunk]
+            if self.force:
+                self._revoke(ids)
+            self._notify(chunk)
+            done += len(chunk)
+            if self.callback is not None:
+                self.callback(done, total)
+        if self.force:
+            self._retry_revocations()
+        return self._result()
+
+    # effects --------------------------------------------------------------
+
+    def _store_effects(self, chunk: Sequence[Member]) -> None:
+        todo = [
+            m
+            for m in chunk
+            if m.member_id not in self.rows or self.rows[m.member_id].outcome is Outcome.FAILED
+        ]
+        if not todo:
+            return
+        ids = [m.member_id for m in todo]
+        current = self.store.get_members(ids)
+        credentials = self.store.get_credentials(ids)
+        actor = self.store.get_members([self.plan.actor]).get(self.plan.actor)
+        now = self.service._now()
+        writes: list[tuple[Member, MemberOutcome, CredentialWrite | None, AuditEvent]] = []
+        for planned in todo:
+            member = current.get(planned.member_id)
+            reason = (
+                _planning.exclusion_reason(
+                    member,
+                    actor=actor,
+                    settings=self.settings,
+                    has_password=planned.member_id in credentials,
+                )
+                if actor is not None
+                else None
+            )
+            if reason is not None or member is None:
+                why = reason.value if reason else "unknown_member"
+                row = MemberOutcome(
+                    planned.member_id, Outcome.EXCLUDED, why, login_id=planned.login_id
+                )
+                event = self._event("member.excluded", planned.member_id, now, f"at apply: {why}")
+                writes.append((planned, row, None, event))
+                continue
+            if self.force:
+                write: CredentialWrite | None = CredentialWrite(
+                    member.member_id,
+                    at=now,
+                    must_change=self.settings.require_change_at_next_login,
+                    shared_plan_id=self.plan.plan_id,
+                )
+                row = MemberOutcome(member.member_id, Outcome.RESET, login_id=member.login_id)
+                event = self._event("member.reset", member.member_id, now)
+            else:
+                write = None
+                row = MemberOutcome(member.member_id, Outcome.REQUESTED, login_id=member.login_id)
+                event = self._event("member.requested", member.member_id, now)
+            writes.append((member, row, write, event))
+        try:
+            self._commit(writes, now)
+        except Exception as exc:  # isolate the failing members, one by one
+            log.warning("batch write failed (%s); retrying one by one", type(exc).__name__)
+            for one in writes:
+                try:
+                    self._commit([one], now)
+                except Exception as member_exc:
+                    failed = MemberOutcome(
+                        one[0].member_id,
+                        Outcome.FAILED,
+                        _describe(member_exc),
+                        login_id=one[0].login_id,
+                    )
+                    self.rows[failed.member_id] = failed
+
+    def _commit(
+        self,
+        writes: Sequence[tuple[Member, MemberOutcome, CredentialWrite | None, AuditEvent]],
+        now: datetime,
+    ) -> None:
+        tokens = []
+        if self.sends_request:
+            tokens = [
+                self._token_record(member.member_id, now)
+                for member, row, _, _ in writes
+                if row.outcome is not Outcome.EXCLUDED
+            ]
+        batch = EffectBatch(
+            plan_id=self.plan.plan_id,
+            credentials=tuple(w for _, _, w, _ in writes if w is not None),
+            tokens=tuple(tokens),
+            progress=tuple(attrs.evolve(row, at=now) for _, row, _, _ in writes),
+            audit=tuple(event for *_, event in writes),
+        )
+        self.store.commit(batch)
+        self.service._emit(batch.audit)
+        for row in batch.progress:
+            self.rows[row.member_id] = row
+
+    def _token_record(self, member_id: str, now: datetime) -> _TokenRecord:
+        token = self._token(member_id)
+        return _TokenRecord(
+            digest=token_digest(token),
+            member_id=member_id,
+            plan_id=self.plan.plan_id,
+            issued_at=now,
+            expires_at=now + self.settings.request_ttl,
+        )
+
+    def _token(self, member_id: str) -> str:
+        key = self.record.token_key
+        if key is None:  # erased: every notice was already out
+            raise InvalidTokenError
+        return derive_token(key, self.plan.plan_id, member_id)
+
+    def _event(self, action: str, member_id: str, at: datetime, detail: str = "") -> AuditEvent:
+        return AuditEvent(
+            at=at,
+            action=action,
+            actor=self.plan.actor,
+            plan_id=self.plan.plan_id,
+            member_id=member_id,
+            detail=detail,
+        )
+
+    def _update(self, rows: Sequence[MemberOutcome], events: Sequence[AuditEvent]) -> None:
+        self.store.commit(EffectBatch(self.plan.plan_id, progress=tuple(rows), audit=tuple(events)))
+        self.service._emit(events)
+        for row in rows:
+            self.rows[row.member_id] = row
+
+    # sessions ---------------------------------------------------------------
+
+    def _pending_revocation(self, ids: Sequence[str]) -> list[MemberOutcome]:
+        return [
+            row
+            for row in (self.rows.get(i) for i in ids)
+            if row is not None and row.outcome is Outcome.RESET and not row.sessions_revoked
+        ]
+
+    def _revoke(self, ids: Sequence[str]) -> None:
+        pending = self._pending_revocation(ids)
+        by_time: dict[datetime, list[MemberOutcome]] = {}
+        for row in pending:
+            assert row.at is not None
+            by_time.setdefault(row.at, []).append(row)
+        now = self.service._now()
+        for at, rows in by_time.items():
+            member_ids = [r.member_id for r in rows]
+            if self.service._revoke_quietly(member_ids, at):
+                revoked = rows
+            else:
+                revoked = [r for r in rows if self.service._revoke_quietly([r.member_id], at)]
+            if revoked:
+                self._update(
+                    [attrs.evolve(r, sessions_revoked=True, reason=None) for r in revoked],
+                    [self._event("sessions.revoked", r.member_id, now) for r in revoked],
+                )
+            failed = {r.member_id for r in rows} - {r.member_id for r in revoked}
+            if failed:
+                self._update(
+                    [
+                        attrs.evolve(r, reason="sessions not yet revoked", attempted_at=now)
+                        for r in rows
+                        if r.member_id in failed
+                    ],
+                    [],
+                )
+
+    def _retry_revocations(self) -> None:
+        delay = 0.5
+        while True:
+            pending = self._pending_revocation(list(self.rows))
+            if not pending:
+                return
+            deadline = min(r.at for r in pending if r.at is not None) + self.settings.session_deadline
+            now = self.service._now()
+            if now >= deadline:
+                return
+            wait = min(delay, (deadline - now).total_seconds())
+            self.service._sleep(wait)
+            delay *= 2
+            self._revoke([r.member_id for r in pending])
+
+    # notices ----------------------------------------------------------------
+
+    def _notices(self, member: Member, row: MemberOutcome) -> list[Notice]:
+        notices = []
+        base = {
+            "member_id": member.member_id,
+            "actor": self.plan.actor,
+            "issued_at": row.at,
+            "plan_id": self.plan.plan_id,
+            "name": member.name,
+        }
+        if row.outcome is Outcome.RESET:
+            notices.append(
+                Notice(
+                    kind=NoticeKind.PASSWORD_RESET,
+                    password=self.record.password if self.settings.deliver_password else None,
+                    idempotency_key=f"{self.plan.plan_id}:{member.member_id}:password_reset",
+                    recipient=member.personal_email or member.login_id,
+                    **base,  # type: ignore[arg-type]
+                )
+            )
+        if self.sends_request:
+            assert row.at is not None
+            notices.append(
+                Notice(
+                    kind=NoticeKind.CHANGE_REQUEST,
+                    token=self._token(member.member_id),
+                    expires_at=row.at + self.settings.request_ttl,
+                    idempotency_key=f"{self.plan.plan_id}:{member.member_id}:change_request",
+                    recipient=member.login_id,
+                    **base,  # type: ignore[arg-type]
+                )
+            )
+        return notices
+
+    def _notify(self, chunk: Sequence[Member]) -> None:
+        due = [
+            (member, row)
+            for member in chunk
+            if (row := self.rows.get(member.member_id)) is not None
+            and row.outcome in (Outcome.RESET, Outcome.REQUESTED)
+            and not row.notified
+        ]
+        if not due:
+            return
+        groups = [(member, row, self._notices(member, row)) for member, row in due]
+        try:
+            self.service.notifier.send([n for _, _, notices in groups for n in notices])
+            delivered, failed = groups, []
+        except Exception:
+            delivered, failed = [], []
+            for group in groups:  # find who fails; the notifier drops repeated keys
+                try:
+                    self.service.notifier.send(group[2])
+                    delivered.append(group)
+                except Exception as exc:
+                    failed.append((group, exc))
+        now = self.service._now()
+        rows = [
+            attrs.evolve(
+                row,
+                notified=True,
+                reason=row.reason if row.reason and row.reason.startswith("sessions") else None,
+            )
+            for _, row, _ in delivered
+        ]
+        events = [
+            self._event("notice.sent", row.member_id, now, ", ".join(n.kind.value for n in notices))
+            for _, row, notices in delivered
+        ]
+        rows += [
+            attrs.evolve(row, reason=f"notice not delivered ({_describe(exc)})")
+            for (_, row, _), exc in failed
+        ]
+        self._update(rows, events)
+
+    # result -----------------------------------------------------------------
+
+    def _result(self) -> ResetResult:
+        outcomes: dict[str, MemberOutcome] = {}
+        for member in self.plan.targets:
+            outcomes[member.member_id] = self.rows.get(member.member_id) or MemberOutcome(
+                member.member_id, Outcome.FAILED, "not applied", login_id=member.login_id
+            )
+        for exclusion in self.plan.excluded:
+            outcomes[exclusion.member_id] = MemberOutcome(
+                exclusion.member_id, Outcome.EXCLUDED, exclusion.reason.value
+            )
+        self.all_notified = all(
+            o.notified for o in outcomes.values() if o.outcome in (Outcome.RESET, Outcome.REQUESTED)
+        )
+        return ResetResult(
+            plan_id=self.plan.plan_id,
+            outcomes=outcomes,
+            started_at=self.started_at,
+            finished_at=self.service._now(),
+        )
+

@@ -1,0 +1,141 @@
+"""Every error bulkreset raises on purpose.
+
+The tree::
+
+    BulkResetError                  never raised itself; catch it to catch them all
+    ├── InvalidInputError           (ValueError) bad arguments or data; nothing was written
+    │   ├── PasswordPolicyError     a password breaks PasswordRules; .violations names the rules
+    │   ├── ImportFormatError       a CSV file cannot be imported; .row is the spreadsheet row
+    │   └── PlanNotFoundError       no stored plan has that ID
+    ├── AuthorizationError          (PermissionError) the actor may not plan a reset
+    ├── ConfirmationError           wrong or missing confirmation code
+    ├── StalePlanError              the plan expired before it started
+    ├── PlanInProgressError         another apply of the same plan is running
+    ├── InvalidTokenError           unknown, expired, used or superseded reset token
+    ├── InvalidCredentialsError     wrong current password
+    ├── PartialResetError           raised by ResetResult.raise_for_failures() only
+    └── StorageError                a port's backend failed; the cause is chained
+
+Errors never carry secrets: a :class:`PasswordPolicyError` names the rules a
+password broke, never the password; an :class:`InvalidTokenError` has one
+message whatever went wrong, so a caller cannot probe which tokens exist.
+Per-member failures inside a bulk operation are *data* in
+:class:`~bulkreset.ResetResult`, not exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "AuthorizationError",
+    "BulkResetError",
+    "ConfirmationError",
+    "ImportFormatError",
+    "InvalidCredentialsError",
+    "InvalidInputError",
+    "InvalidTokenError",
+    "PartialResetError",
+    "PasswordPolicyError",
+    "PlanInProgressError",
+    "PlanNotFoundError",
+    "StalePlanError",
+    "StorageError",
+]
+
+
+class BulkResetError(Exception):
+    """Base class of every error bulkreset raises on purpose."""
+
+
+class InvalidInputError(BulkResetError, ValueError):
+    """An argument or a piece of input data is malformed; nothing was written."""
+
+
+class PasswordPolicyError(InvalidInputError):
+    """A password breaks the :class:`~bulkreset.PasswordRules`.
+
+    Attributes:
+        violations: The names of the rules broken, in a stable order, for
+            example ``("too_short", "common_password")``. Never the password.
+    """
+
+    def __init__(self, violations: Iterable[str]) -> None:
+        self.violations: tuple[str, ...] = tuple(violations)
+        super().__init__("password rejected: " + ", ".join(self.violations))
+
+
+class ImportFormatError(InvalidInputError):
+    """A member file cannot be imported; nothing was imported.
+
+    Attributes:
+        row: The row as a spreadsheet numbers it (the header is row 1), or
+            ``None`` when the problem is with the file as a whole.
+    """
+
+    def __init__(self, message: str, *, row: int | None = None) -> None:
+        self.row = row
+        super().__init__(f"row {row}: {message}" if row is not None else message)
+
+
+class PlanNotFoundError(InvalidInputError, KeyError):
+    """No plan with that ID is stored."""
+
+    def __init__(self, plan_id: str) -> None:
+        self.plan_id = plan_id
+        super().__init__(f"no plan with ID {plan_id!r}")
+
+    def __str__(self) -> str:  # KeyError would quote the message again
+        return str(self.args[0])
+
+
+class AuthorizationError(BulkResetError, PermissionError):
+    """The actor may not plan a reset: unknown, not active, or not an administrator."""
+
+
+class ConfirmationError(BulkResetError):
+    """The confirmation code is missing or does not match the plan's (SPEC R7)."""
+
+
+class StalePlanError(BulkResetError):
+    """The plan's ``plan_ttl`` passed before it was first applied; plan again."""
+
+
+class PlanInProgressError(BulkResetError):
+    """Another process is applying the same plan right now; try again later."""
+
+
+class InvalidTokenError(BulkResetError):
+    """The reset token is unknown, expired, already used, superseded or dead.
+
+    One type and one message for every cause, so that a caller cannot tell a
+    guessed token from an expired one (OWASP Forgot Password Cheat Sheet).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the reset token is invalid or has expired")
+
+
+class InvalidCredentialsError(BulkResetError):
+    """The current password given to ``change_password`` is wrong."""
+
+    def __init__(self) -> None:
+        super().__init__("the current password is not correct")
+
+
+class PartialResetError(BulkResetError):
+    """Some members of an apply failed; raised only by ``raise_for_failures()``.
+
+    Attributes:
+        member_ids: The IDs of the members whose reset failed or is unfinished.
+    """
+
+    def __init__(self, member_ids: Iterable[str]) -> None:
+        self.member_ids: tuple[str, ...] = tuple(member_ids)
+        shown = ", ".join(self.member_ids[:10])
+        more = f" and {len(self.member_ids) - 10} more" if len(self.member_ids) > 10 else ""
+        super().__init__(f"{len(self.member_ids)} member(s) not fully reset: {shown}{more}")
+
+
+class StorageError(BulkResetError):
+    """A storage, notification or session backend failed; see ``__cause__``."""

@@ -1,0 +1,259 @@
+"""The three ports a host backs with its own systems, and the records they exchange.
+
+A :class:`~bulkreset.ResetService` talks to the world only through these:
+
+* :class:`Storage` — the member directory, credentials, reset tokens, plans,
+  apply progress and the audit log;
+* :class:`Notifier` — delivers :class:`~bulkreset.Notice`\\ s (mail, SMS, an outbox);
+* :class:`SessionStore` — ends members' sessions.
+
+They are :class:`typing.Protocol`\\ s: an adapter satisfies them by having the
+methods, no base class needed. The shipped adapters live in
+:mod:`bulkreset.adapters`; ``docs/howto/write-an-adapter.md`` says what each
+method must guarantee. Adapters raise :class:`~bulkreset.errors.StorageError`
+(or any exception) on failure; the service turns a failure into a per-member
+outcome where it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ._model import AuditEvent, Member, MemberOutcome, Notice, ResetPlan
+
+__all__ = [
+    "Credential",
+    "CredentialWrite",
+    "EffectBatch",
+    "Notifier",
+    "PlanRecord",
+    "SessionStore",
+    "Storage",
+    "TokenRecord",
+]
+
+
+@attrs.frozen
+class Credential:
+    """A member's stored password credential.
+
+    Attributes:
+        member_id: The member.
+        password_hash: Argon2id PHC string (their own, or their plan's shared
+            one). Secret: never in ``repr``.
+        must_change: The member must change the password at next sign-in.
+        generation: Counts the member's password changes; a reset token is
+            live only while the generation it was issued at is current, so a
+            password change kills older tokens even within one clock tick.
+        changed_at: When the password was last set (aware UTC).
+        not_before: Sessions issued at or before this instant are invalid.
+        shared_plan_id: Set while the credential points to a force plan's
+            shared password credential (SPEC §5).
+    """
+
+    member_id: str
+    password_hash: str = attrs.field(repr=False)
+    must_change: bool
+    generation: int
+    changed_at: datetime
+    not_before: datetime | None = None
+    shared_plan_id: str | None = None
+
+
+@attrs.frozen
+class CredentialWrite:
+    """A new password for one member.
+
+    Exactly one of ``password_hash`` (the member's own credential) and
+    ``shared_plan_id`` (point to that plan's shared credential) is set. The
+    store raises the member's generation by one, and sets ``changed_at`` and
+    ``not_before`` to ``at``.
+    """
+
+    member_id: str
+    at: datetime
+    must_change: bool
+    password_hash: str | None = attrs.field(default=None, repr=False)
+    shared_plan_id: str | None = None
+
+
+@attrs.frozen
+class TokenRecord:
+    """A stored change request. The token itself is never stored, only its digest.
+
+    Attributes:
+        digest: SHA-256 of the token, hex. Secret-derived: never in ``repr``.
+        member_id: The member it lets set a password.
+        plan_id: The plan that issued it.
+        issued_at: Aware UTC.
+        expires_at: Aware UTC.
+        generation: The member's credential generation when it was issued
+            (filled in by the store when the token is written).
+        used_at: When it was redeemed, or ``None``.
+        revoked_at: When a newer request superseded it, or ``None``.
+    """
+
+    digest: str = attrs.field(repr=False)
+    member_id: str
+    plan_id: str
+    issued_at: datetime
+    expires_at: datetime
+    generation: int = 0
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@attrs.frozen
+class PlanRecord:
+    """A plan as the store keeps it, with the secrets ``apply`` needs.
+
+    Attributes:
+        plan: The :class:`~bulkreset.ResetPlan`.
+        password_hash: Force change: the shared credential's PHC string.
+        password: Force change with ``deliver_password`` only: the plain
+            password, erased once its notices are out (SPEC §5).
+        token_key: Request change: 32 random bytes from which each member's
+            token is derived (HMAC-SHA-256), so a resumed apply re-sends the
+            same token; erased once every notice is out.
+        started_at: When the first apply started, or ``None``.
+        finished_at: When an apply last completed every member, or ``None``.
+    """
+
+    plan: ResetPlan
+    password_hash: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+    token_key: bytes | None = attrs.field(default=None, repr=False)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@attrs.frozen
+class EffectBatch:
+    """Writes the store makes atomically: all of them, or none.
+
+    Attributes:
+        plan_id: The plan being applied.
+        credentials: New credentials, written first.
+        tokens: New change requests; each supersedes the member's other live
+            tokens. Their ``generation`` is taken from the credential as it
+            stands after ``credentials`` are written.
+        progress: Per-member progress rows to upsert.
+        audit: Audit events to append.
+    """
+
+    plan_id: str
+    credentials: tuple[CredentialWrite, ...] = ()
+    tokens: tuple[TokenRecord, ...] = ()
+    progress: tuple[MemberOutcome, ...] = ()
+    audit: tuple[AuditEvent, ...] = ()
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where members, credentials, tokens, plans, progress and audit events live.
+
+    Every method that writes is atomic: it writes all it was given or nothing.
+    """
+
+    def add_members(self, members: Iterable[Member]) -> None:
+        """Insert or update members (matched by ``member_id``)."""
+
+    def get_members(self, member_ids: Collection[str]) -> dict[str, Member]:
+        """The members with these IDs; unknown IDs are simply absent."""
+
+    def iter_members(self, *, page_size: int = 1000) -> Iterator[Sequence[Member]]:
+        """Every member, in pages of at most *page_size*, ordered by ``member_id``."""
+
+    def find_member_by_login(self, login_key: str) -> Member | None:
+        """The member whose ``fold_login(login_id)`` equals *login_key*, if any."""
+
+    def get_credentials(self, member_ids: Collection[str]) -> dict[str, Credential]:
+        """The stored credentials of these members; those without one are absent."""
+
+    def write_credential(
+        self, write: CredentialWrite, *, expected_generation: int, audit: AuditEvent
+    ) -> bool:
+        """Store a new credential if the member's generation is still *expected_generation*.
+
+        ``0`` means "no credential yet". Returns ``False`` (and writes
+        nothing) when it moved on; otherwise writes the credential, revokes
+        the member's live tokens, appends *audit*, and returns ``True``.
+        """
+
+    def save_plan(self, record: PlanRecord, audit: AuditEvent) -> None:
+        """Keep a new plan and its secrets; append *audit*."""
+
+    def load_plan(self, plan_id: str) -> PlanRecord | None:
+        """The stored plan, or ``None``."""
+
+    def claim_plan(self, plan_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the plan's apply lease for *owner* until *until*.
+
+        Succeeds when the lease is free, expired, or already *owner*'s; marks
+        the plan started (``started_at = now``) the first time. Returns
+        ``False`` while someone else holds it.
+        """
+
+    def release_plan(
+        self, plan_id: str, owner: str, *, finished_at: datetime | None, erase_secrets: bool
+    ) -> None:
+        """Give up *owner*'s lease; record completion; erase the plan's secrets if asked."""
+
+    def get_progress(self, plan_id: str) -> dict[str, MemberOutcome]:
+        """The recorded per-member progress of a plan, by member ID."""
+
+    def commit(self, batch: EffectBatch) -> None:
+        """Write an :class:`EffectBatch` atomically."""
+
+    def find_token(self, digest: str) -> TokenRecord | None:
+        """The token record with this digest, or ``None``."""
+
+    def rehash_credential(self, member_id: str, generation: int, password_hash: str) -> None:
+        """Give the member their own credential with *password_hash* (same password).
+
+        Used when a hash's Argon2 parameters are outdated. Keeps generation,
+        ``must_change``, ``changed_at`` and ``not_before``; does nothing when
+        the generation moved on.
+        """
+
+    def redeem_token(self, digest: str, write: CredentialWrite, audit: AuditEvent) -> bool:
+        """Use a token: atomically check it is unused, unrevoked and its generation current.
+
+        Then mark it used, write the credential (see :meth:`write_credential`),
+        revoke the member's other live tokens and append *audit*. Returns
+        ``False`` (writing nothing) when the check fails.
+        """
+
+    def audit_events(
+        self, *, plan_id: str | None = None, member_id: str | None = None
+    ) -> list[AuditEvent]:
+        """Audit events, oldest first, optionally only those of one plan or member."""
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Delivers notices to members: mail, SMS, a host's outbox.
+
+    ``send`` may be called again with a notice it already delivered (after a
+    crash, the service cannot know); a notifier should drop a notice whose
+    ``idempotency_key`` it already holds.
+    """
+
+    def send(self, notices: Sequence[Notice]) -> None:
+        """Deliver *notices*. Raising means the batch may be partly delivered."""
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Ends members' sessions (session revocation)."""
+
+    def revoke(self, member_ids: Sequence[str], issued_before: datetime) -> None:
+        """End every session of these members issued at or before *issued_before*.
+
+        Raising means some sessions may still be active; the service retries.
+        """
+

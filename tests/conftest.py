@@ -1,0 +1,105 @@
+"""Shared fixtures: a fake clock, cheap Argon2, and a service over every shipped store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import argon2
+import pytest
+from argon2.profiles import CHEAPEST
+
+from bulkreset import Member, ResetService
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+STORES = ["memory", "sqlite"]
+
+
+class FakeClock:
+    """An injected clock: aware UTC time that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 0, **delta: float) -> datetime:
+        self.now += timedelta(seconds=seconds, **delta)
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """A ``sleep`` for ResetService that moves this clock instead of waiting."""
+        self.advance(seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def cheap_hasher() -> argon2.PasswordHasher:
+    """Argon2id with argon2-cffi's CHEAPEST profile: for unit tests only."""
+    return argon2.PasswordHasher.from_parameters(CHEAPEST)
+
+
+def directory() -> list[Member]:
+    """A small invented directory with every odd case the rules care about."""
+    return [
+        Member("admin", "admin@corp.example", "Ada Admin", role="admin",
+               personal_email="ada@home.example"),
+        Member("boss", "boss@corp.example", "Sam Super", role="super_admin",
+               mobile_phone="+821000000001"),
+        Member("m1", "Mina.Kim@corp.example", "Mina Kim", personal_email="mina@home.example"),
+        Member("m2", "jun@corp.example", "Jun Park", mobile_phone="+821000000002"),
+        Member("m3", "norecover@corp.example", "No Recovery"),
+        Member("q1", "quick@corp.example", "Quick Login", sign_in="quick_login",
+               personal_email="quick@home.example"),
+        Member("p1", "pending@corp.example", "Pending Person", status="pending"),
+        Member("s1", "suspended@corp.example", "Sus Pended", status="suspended",
+               personal_email="sus@home.example"),
+        Member("admin2", "admin2@corp.example", "Second Admin", role="admin",
+               mobile_phone="+821000000003"),
+    ]
+
+
+ServiceFactory = Callable[..., ResetService]
+
+
+@pytest.fixture(params=STORES)
+def make_service(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    clock: FakeClock,
+    cheap_hasher: argon2.PasswordHasher,
+) -> ServiceFactory:
+    """Build a service over the parametrized store with the fake clock and cheap hashing."""
+
+    def factory(members: Iterable[Member] | None = None, **options: Any) -> ResetService:
+        options.setdefault("sleep", clock.sleep)
+        members = directory() if members is None else list(members)
+        if request.param == "memory":
+            from bulkreset.adapters.memory import open_service as open_memory
+
+            return open_memory(members, clock=clock, hasher=cheap_hasher, **options)
+        from bulkreset.adapters.sqlite import open_service as open_sqlite
+
+        service = open_sqlite(tmp_path / "bulkreset.db", clock=clock, hasher=cheap_hasher, **options)
+        service.store.add_members(members)  # type: ignore[attr-defined]
+        return service
+
+    return factory
+
+
+@pytest.fixture
+def service(make_service: ServiceFactory) -> ResetService:
+    return make_service()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
