@@ -51,20 +51,45 @@ def cheap_hasher() -> argon2.PasswordHasher:
 def directory() -> list[Member]:
     """A small invented directory with every odd case the rules care about."""
     return [
-        Member("admin", "admin@corp.example", "Ada Admin", role="admin",
-               personal_email="ada@home.example"),
-        Member("boss", "boss@corp.example", "Sam Super", role="super_admin",
-               mobile_phone="+821000000001"),
+        Member(
+            "admin",
+            "admin@corp.example",
+            "Ada Admin",
+            role="admin",
+            personal_email="ada@home.example",
+        ),
+        Member(
+            "boss",
+            "boss@corp.example",
+            "Sam Super",
+            role="super_admin",
+            mobile_phone="+821000000001",
+        ),
         Member("m1", "Mina.Kim@corp.example", "Mina Kim", personal_email="mina@home.example"),
         Member("m2", "jun@corp.example", "Jun Park", mobile_phone="+821000000002"),
         Member("m3", "norecover@corp.example", "No Recovery"),
-        Member("q1", "quick@corp.example", "Quick Login", sign_in="quick_login",
-               personal_email="quick@home.example"),
+        Member(
+            "q1",
+            "quick@corp.example",
+            "Quick Login",
+            sign_in="quick_login",
+            personal_email="quick@home.example",
+        ),
         Member("p1", "pending@corp.example", "Pending Person", status="pending"),
-        Member("s1", "suspended@corp.example", "Sus Pended", status="suspended",
-               personal_email="sus@home.example"),
-        Member("admin2", "admin2@corp.example", "Second Admin", role="admin",
-               mobile_phone="+821000000003"),
+        Member(
+            "s1",
+            "suspended@corp.example",
+            "Sus Pended",
+            status="suspended",
+            personal_email="sus@home.example",
+        ),
+        Member(
+            "admin2",
+            "admin2@corp.example",
+            "Second Admin",
+            role="admin",
+            mobile_phone="+821000000003",
+        ),
     ]
 
 
@@ -89,7 +114,9 @@ def make_service(
             return open_memory(members, clock=clock, hasher=cheap_hasher, **options)
         from bulkreset.adapters.sqlite import open_service as open_sqlite
 
-        service = open_sqlite(tmp_path / "bulkreset.db", clock=clock, hasher=cheap_hasher, **options)
+        service = open_sqlite(
+            tmp_path / "bulkreset.db", clock=clock, hasher=cheap_hasher, **options
+        )
         service.store.add_members(members)  # type: ignore[attr-defined]
         return service
 

@@ -11,7 +11,7 @@ import enum
 import html
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -54,7 +54,7 @@ class _Choice(str, enum.Enum):
     """An enum whose values are the lower-case names used in files and JSON."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}.{self.name}"
@@ -149,17 +149,30 @@ Selection = Iterable[str] | Literal[_AllType.ALL]
 E = TypeVar("E", bound=enum.Enum)
 
 
-def _enum_converter(kind: type[E]) -> Callable[[Any], E]:
-    def convert(value: Any) -> E:
-        try:
-            return kind(value)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in kind)
-            raise InvalidInputError(
-                f"{kind.__name__} must be one of {choices}, not {value!r:.40}"
-            ) from None
+def _to_enum(kind: type[E], value: Any) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in kind)
+        raise InvalidInputError(
+            f"{kind.__name__} must be one of {choices}, not {value!r:.40}"
+        ) from None
 
-    return convert
+
+def _to_sign_in(value: Any) -> SignInMethod:
+    return _to_enum(SignInMethod, value)
+
+
+def _to_status(value: Any) -> MemberStatus:
+    return _to_enum(MemberStatus, value)
+
+
+def _to_role(value: Any) -> Role:
+    return _to_enum(Role, value)
+
+
+def _to_mode(value: Any) -> ResetMode:
+    return _to_enum(ResetMode, value)
 
 
 def check_text(value: object, *, what: str, limit: int, required: bool) -> None:
@@ -219,15 +232,11 @@ class Member:
     member_id: str
     login_id: str
     name: str = ""
-    sign_in: SignInMethod = attrs.field(
-        default=SignInMethod.PASSWORD, converter=_enum_converter(SignInMethod)
-    )
+    sign_in: SignInMethod = attrs.field(default=SignInMethod.PASSWORD, converter=_to_sign_in)
     mobile_phone: str | None = attrs.field(default=None, converter=_optional_contact)
     personal_email: str | None = attrs.field(default=None, converter=_optional_contact)
-    status: MemberStatus = attrs.field(
-        default=MemberStatus.ACTIVE, converter=_enum_converter(MemberStatus)
-    )
-    role: Role = attrs.field(default=Role.MEMBER, converter=_enum_converter(Role))
+    status: MemberStatus = attrs.field(default=MemberStatus.ACTIVE, converter=_to_status)
+    role: Role = attrs.field(default=Role.MEMBER, converter=_to_role)
 
     def __attrs_post_init__(self) -> None:
         check_text(self.member_id, what="member_id", limit=MAX_ID_LENGTH, required=True)
@@ -287,7 +296,7 @@ class ResetPolicy:
             non-positive duration; a ``session_deadline`` over 5 minutes.
     """
 
-    mode: ResetMode = attrs.field(converter=_enum_converter(ResetMode))
+    mode: ResetMode = attrs.field(converter=_to_mode)
     new_password: str | None = attrs.field(default=None, kw_only=True, repr=False)
     require_change_at_next_login: bool = attrs.field(default=True, kw_only=True)
     follow_with_request: bool = attrs.field(default=False, kw_only=True)
@@ -366,7 +375,9 @@ class PlanSettings:
     def from_json(cls, data: Mapping[str, Any]) -> PlanSettings:
         """The inverse of :meth:`to_json`."""
         durations = ("session_deadline", "request_ttl", "plan_ttl")
-        values = {k: timedelta(seconds=v) if k in durations else v for k, v in data.items()}
+        values: dict[str, Any] = {
+            k: timedelta(seconds=v) if k in durations else v for k, v in data.items()
+        }
         values["mode"] = ResetMode(values["mode"])
         return cls(**values)
 
@@ -506,7 +517,11 @@ class MemberOutcome:
     attempted_at: datetime | None = attrs.field(default=None, eq=False)
 
 
-@attrs.frozen(eq=True)
+def _read_only(outcomes: Mapping[str, MemberOutcome]) -> Mapping[str, MemberOutcome]:
+    return MappingProxyType(dict(outcomes))
+
+
+@attrs.frozen
 class ResetResult:
     """What an apply did, one :class:`MemberOutcome` per selected member.
 
@@ -519,7 +534,7 @@ class ResetResult:
     """
 
     plan_id: str
-    outcomes: Mapping[str, MemberOutcome] = attrs.field(converter=lambda m: MappingProxyType(dict(m)))
+    outcomes: Mapping[str, MemberOutcome] = attrs.field(converter=_read_only)
     started_at: datetime
     finished_at: datetime
 
@@ -570,7 +585,14 @@ class ResetResult:
             [(self.plan_id, *(self.count(o) for o in Outcome))],
         )
         rows = (
-            (o.member_id, o.login_id, o.outcome.value, o.reason or "", o.sessions_revoked, o.notified)
+            (
+                o.member_id,
+                o.login_id,
+                o.outcome.value,
+                o.reason or "",
+                o.sessions_revoked,
+                o.notified,
+            )
             for o in self.outcomes.values()
         )
         headers = ("member", "login", "outcome", "reason", "sessions revoked", "notified")

@@ -142,6 +142,7 @@ class PasswordRules:
 
     def is_oversized(self, password: str) -> bool:
         """True when *password* is too long to be worth hashing (cheap check)."""
-        return len(password) > self.max_length * 4 or len(
-            _SPACE_RUNS.sub(" ", normalize_password(password))
-        ) > self.max_length
+        return (
+            len(password) > self.max_length * 4
+            or len(_SPACE_RUNS.sub(" ", normalize_password(password))) > self.max_length
+        )

@@ -78,7 +78,7 @@ def dedupe_selection(selection: Iterable[object]) -> list[str]:
     seen: dict[str, None] = {}
     for item in selection:
         check_text(item, what="a selected member ID", limit=MAX_ID_LENGTH, required=True)
-        seen.setdefault(item, None)  # type: ignore[arg-type]
+        seen.setdefault(item, None)  # type: ignore[call-overload]
     return list(seen)
 
 

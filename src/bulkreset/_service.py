@@ -245,7 +245,9 @@ class ResetService:
             detail=f"{plan.mode.value}: {len(plan.targets)} target(s), "
             f"{len(plan.excluded)} excluded",
         )
-        record = PlanRecord(plan, password_hash=password_hash, password=password, token_key=token_key)
+        record = PlanRecord(
+            plan, password_hash=password_hash, password=password, token_key=token_key
+        )
         self.store.save_plan(record, event)
         self._emit([event])
         log.info("planned %s: %d targets", plan.plan_id, len(plan.targets))
@@ -395,7 +397,11 @@ class ResetService:
         if violations:
             raise PasswordPolicyError(violations)
         self._write_own_password(
-            member, new_password, credential.generation, must_change=False, action="password.changed"
+            member,
+            new_password,
+            credential.generation,
+            must_change=False,
+            action="password.changed",
         )
 
     def set_password(self, member_id: str, password: str, *, must_change: bool = False) -> None:
@@ -537,7 +543,6 @@ class ResetService:
     ) -> list[AuditEvent]:
         """The audit log, oldest first, optionally of one plan or one member."""
         return self.store.audit_events(plan_id=plan_id, member_id=member_id)
-
 
 
 class _ApplyRun:
@@ -747,7 +752,9 @@ class _ApplyRun:
             pending = self._pending_revocation(list(self.rows))
             if not pending:
                 return
-            deadline = min(r.at for r in pending if r.at is not None) + self.settings.session_deadline
+            deadline = (
+                min(r.at for r in pending if r.at is not None) + self.settings.session_deadline
+            )
             now = self.service._now()
             if now >= deadline:
                 return
@@ -802,11 +809,12 @@ class _ApplyRun:
         if not due:
             return
         groups = [(member, row, self._notices(member, row)) for member, row in due]
+        failed: list[tuple[tuple[Member, MemberOutcome, list[Notice]], Exception]] = []
         try:
             self.service.notifier.send([n for _, _, notices in groups for n in notices])
-            delivered, failed = groups, []
+            delivered = groups
         except Exception:
-            delivered, failed = [], []
+            delivered = []
             for group in groups:  # find who fails; the notifier drops repeated keys
                 try:
                     self.service.notifier.send(group[2])
@@ -853,4 +861,3 @@ class _ApplyRun:
             started_at=self.started_at,
             finished_at=self.service._now(),
         )
-

@@ -256,4 +256,3 @@ class SessionStore(Protocol):
 
         Raising means some sessions may still be active; the service retries.
         """
-
