@@ -760,3 +760,31 @@ def test_plans_compare_equal_after_loading(service: ResetService) -> None:
     loaded: ResetPlan = service.load_plan(plan.plan_id)
     assert plan == loaded
     assert plan.expires_at == loaded.created_at + timedelta(hours=1)
+
+
+def test_a_demoted_actor_cannot_apply_their_plan(service: ResetService) -> None:
+    """The plan's actor is re-checked at apply: no longer an admin, no apply."""
+    plan = service.plan(["m1"], force(), actor="admin")
+    service.store.add_members([Member("admin", "admin@corp.example", role="member")])  # type: ignore[attr-defined]
+    with pytest.raises(AuthorizationError):
+        service.apply(plan, confirm=plan.confirmation)
+    assert {} == service.store.get_credentials(["m1"])
+
+
+def test_a_failed_member_can_still_get_its_request_later(service: ResetService) -> None:
+    """The plan keeps its token key while a member failed, so a re-apply can still send it."""
+    store: Any = service.store
+    real_commit = store.commit
+
+    def commit(batch: Any) -> None:
+        if any(t.member_id == "m2" for t in batch.tokens):
+            raise OSError("disk says no")
+        real_commit(batch)
+
+    store.commit = commit
+    plan, result = run(service, ["m1", "m2"], request())
+    assert Outcome.FAILED == result.outcomes["m2"].outcome
+    store.commit = real_commit
+    again = service.apply(plan, confirm=plan.confirmation)
+    assert Outcome.REQUESTED == again.outcomes["m2"].outcome
+    assert "m2" == service.check_token(tokens_of(service)["m2"])

@@ -304,10 +304,12 @@ class ResetService:
             ConfirmationError: *confirm* is missing or wrong (R7).
             StalePlanError: the plan never started and ``plan_ttl`` has passed.
             PlanInProgressError: another apply of this plan is running.
+            AuthorizationError: the plan's actor is no longer an active administrator.
         """
         record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
         if not _planning.codes_match(confirm, record.plan.confirmation):
             raise ConfirmationError("the confirmation code does not match the plan")
+        self._authorize(record.plan.actor)  # still an active administrator?
         now = self._now()
         if record.started_at is None and now >= record.plan.expires_at:
             raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
@@ -852,8 +854,11 @@ class _ApplyRun:
             outcomes[exclusion.member_id] = MemberOutcome(
                 exclusion.member_id, Outcome.EXCLUDED, exclusion.reason.value
             )
+        # The plan's secrets may go once no member can need them again.
         self.all_notified = all(
-            o.notified for o in outcomes.values() if o.outcome in (Outcome.RESET, Outcome.REQUESTED)
+            o.notified
+            for o in outcomes.values()
+            if o.outcome in (Outcome.RESET, Outcome.REQUESTED, Outcome.FAILED)
         )
         return ResetResult(
             plan_id=self.plan.plan_id,
