@@ -117,6 +117,7 @@ def make_service(
         service = open_sqlite(
             tmp_path / "bulkreset.db", clock=clock, hasher=cheap_hasher, **options
         )
+        request.addfinalizer(service.store.close)  # type: ignore[attr-defined]
         service.store.add_members(members)  # type: ignore[attr-defined]
         return service
 

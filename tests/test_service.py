@@ -788,3 +788,17 @@ def test_a_failed_member_can_still_get_its_request_later(service: ResetService) 
     again = service.apply(plan, confirm=plan.confirmation)
     assert Outcome.REQUESTED == again.outcomes["m2"].outcome
     assert "m2" == service.check_token(tokens_of(service)["m2"])
+
+
+def test_a_member_renamed_twice_in_one_batch_keeps_only_the_last_login(
+    service: ResetService,
+) -> None:
+    """add_members: only a member's latest login ID finds them."""
+    service.store.add_members(  # type: ignore[attr-defined]
+        [Member("m9", "first@x"), Member("m9", "second@x"), Member("m9", "third@x")]
+    )
+    assert service.store.find_member_by_login("first@x") is None
+    assert service.store.find_member_by_login("second@x") is None
+    found = service.store.find_member_by_login("third@x")
+    assert found is not None
+    assert "m9" == found.member_id

@@ -11,7 +11,7 @@ confirmation code::
     plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin-1")
     result = service.apply(plan, confirm=plan.confirmation)
 
-See https://bulkreset.readthedocs.io (``docs/`` in the source tree).
+The documentation is in ``docs/`` in the source tree.
 """
 
 from ._model import (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import html
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 256
+# Exactly the Unicode categories Cc (controls) and Cs (surrogates).
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 MAX_TEXT_LENGTH = 1024
 
 
@@ -188,7 +191,7 @@ def check_text(value: object, *, what: str, limit: int, required: bool) -> None:
         raise InvalidInputError(f"{what} must not be empty")
     if len(value) > limit:
         raise InvalidInputError(f"{what} is longer than {limit} characters")
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+    if _CONTROL_OR_SURROGATE.search(value):
         raise InvalidInputError(f"{what} contains a control character")
 
 

@@ -5,27 +5,21 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import argon2
-import attrs
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import _planning
+from ._applying import ApplyRun, chunks
 from ._clock import Clock, read_clock, system_clock, to_utc
 from ._model import (
     ALL,
     AuditEvent,
     AuthResult,
     Member,
-    MemberOutcome,
     MemberStatus,
-    Notice,
-    NoticeKind,
-    Outcome,
-    PlanSettings,
     ResetMode,
     ResetPlan,
     ResetPolicy,
@@ -34,7 +28,7 @@ from ._model import (
     fold_login,
 )
 from ._passwords import PasswordRules, normalize_password
-from ._tokens import MAX_TOKEN_LENGTH, derive_token, token_digest, token_is_live
+from ._tokens import MAX_TOKEN_LENGTH, token_digest, token_is_live
 from .errors import (
     AuthorizationError,
     ConfirmationError,
@@ -49,13 +43,11 @@ from .errors import (
 from .ports import Credential as _Credential
 from .ports import (
     CredentialWrite,
-    EffectBatch,
     Notifier,
     PlanRecord,
     SessionStore,
     Storage,
 )
-from .ports import TokenRecord as _TokenRecord
 
 __all__ = ["ProgressCallback", "ResetService"]
 
@@ -66,23 +58,9 @@ ProgressCallback = Callable[[int, int], None]
 
 AuditSink = Callable[[AuditEvent], None]
 
-T = TypeVar("T")
 
 _LEASE = timedelta(minutes=10)
 _MAX_LOGIN_LENGTH = 1024
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _describe(exc: BaseException) -> str:
-    """A failure reason for a report: the exception's type, never its message.
-
-    Messages from a host's adapter could quote anything, secrets included.
-    """
-    return f"error: {type(exc).__name__}"
 
 
 class ResetService:
@@ -214,7 +192,7 @@ class ResetService:
         settings = policy.settings()
         members: dict[str, Member] = {}
         with_password: set[str] = set()
-        for chunk in _chunks(selected, self._chunk_size):
+        for chunk in chunks(selected, self._chunk_size):
             found = self.store.get_members(chunk)
             members.update(found)
             with_password.update(self.store.get_credentials(list(found)))
@@ -320,7 +298,7 @@ class ResetService:
         finished: datetime | None = None
         all_notified = False
         try:
-            run = _ApplyRun(self, record, progress)
+            run = ApplyRun(self, record, progress)
             result = run.execute()
             all_notified = run.all_notified
             finished = result.finished_at if not result.unfinished else None
@@ -545,324 +523,3 @@ class ResetService:
     ) -> list[AuditEvent]:
         """The audit log, oldest first, optionally of one plan or one member."""
         return self.store.audit_events(plan_id=plan_id, member_id=member_id)
-
-
-class _ApplyRun:
-    """One apply of one plan: the state that lives only for that call."""
-
-    def __init__(
-        self, service: ResetService, record: PlanRecord, progress: ProgressCallback | None
-    ) -> None:
-        self.service = service
-        self.store = service.store
-        self.record = record
-        self.plan = record.plan
-        self.settings: PlanSettings = record.plan.settings
-        self.callback = progress
-        self.started_at = record.started_at or service._now()
-        self.rows: dict[str, MemberOutcome] = self.store.get_progress(self.plan.plan_id)
-        self.all_notified = False
-
-    @property
-    def force(self) -> bool:
-        return self.settings.mode is ResetMode.FORCE_CHANGE
-
-    @property
-    def sends_request(self) -> bool:
-        return not self.force or self.settings.follow_with_request
-
-    def execute(self) -> ResetResult:
-        targets = self.plan.targets
-        total = len(targets)
-        done = 0
-        for chunk in _chunks(targets, self.service._chunk_size):
-            self._store_effects(chunk)
-            ids = [m.member_id for m in chunk]
-            if self.force:
-                self._revoke(ids)
-            self._notify(chunk)
-            done += len(chunk)
-            if self.callback is not None:
-                self.callback(done, total)
-        if self.force:
-            self._retry_revocations()
-        return self._result()
-
-    # effects --------------------------------------------------------------
-
-    def _store_effects(self, chunk: Sequence[Member]) -> None:
-        todo = [
-            m
-            for m in chunk
-            if m.member_id not in self.rows or self.rows[m.member_id].outcome is Outcome.FAILED
-        ]
-        if not todo:
-            return
-        ids = [m.member_id for m in todo]
-        current = self.store.get_members(ids)
-        credentials = self.store.get_credentials(ids)
-        actor = self.store.get_members([self.plan.actor]).get(self.plan.actor)
-        now = self.service._now()
-        writes: list[tuple[Member, MemberOutcome, CredentialWrite | None, AuditEvent]] = []
-        for planned in todo:
-            member = current.get(planned.member_id)
-            reason = (
-                _planning.exclusion_reason(
-                    member,
-                    actor=actor,
-                    settings=self.settings,
-                    has_password=planned.member_id in credentials,
-                )
-                if actor is not None
-                else None
-            )
-            if reason is not None or member is None:
-                why = reason.value if reason else "unknown_member"
-                row = MemberOutcome(
-                    planned.member_id, Outcome.EXCLUDED, why, login_id=planned.login_id
-                )
-                event = self._event("member.excluded", planned.member_id, now, f"at apply: {why}")
-                writes.append((planned, row, None, event))
-                continue
-            if self.force:
-                write: CredentialWrite | None = CredentialWrite(
-                    member.member_id,
-                    at=now,
-                    must_change=self.settings.require_change_at_next_login,
-                    shared_plan_id=self.plan.plan_id,
-                )
-                row = MemberOutcome(member.member_id, Outcome.RESET, login_id=member.login_id)
-                event = self._event("member.reset", member.member_id, now)
-            else:
-                write = None
-                row = MemberOutcome(member.member_id, Outcome.REQUESTED, login_id=member.login_id)
-                event = self._event("member.requested", member.member_id, now)
-            writes.append((member, row, write, event))
-        try:
-            self._commit(writes, now)
-        except Exception as exc:  # isolate the failing members, one by one
-            log.warning("batch write failed (%s); retrying one by one", type(exc).__name__)
-            for one in writes:
-                try:
-                    self._commit([one], now)
-                except Exception as member_exc:
-                    failed = MemberOutcome(
-                        one[0].member_id,
-                        Outcome.FAILED,
-                        _describe(member_exc),
-                        login_id=one[0].login_id,
-                    )
-                    self.rows[failed.member_id] = failed
-
-    def _commit(
-        self,
-        writes: Sequence[tuple[Member, MemberOutcome, CredentialWrite | None, AuditEvent]],
-        now: datetime,
-    ) -> None:
-        tokens = []
-        if self.sends_request:
-            tokens = [
-                self._token_record(member.member_id, now)
-                for member, row, _, _ in writes
-                if row.outcome is not Outcome.EXCLUDED
-            ]
-        batch = EffectBatch(
-            plan_id=self.plan.plan_id,
-            credentials=tuple(w for _, _, w, _ in writes if w is not None),
-            tokens=tuple(tokens),
-            progress=tuple(attrs.evolve(row, at=now) for _, row, _, _ in writes),
-            audit=tuple(event for *_, event in writes),
-        )
-        self.store.commit(batch)
-        self.service._emit(batch.audit)
-        for row in batch.progress:
-            self.rows[row.member_id] = row
-
-    def _token_record(self, member_id: str, now: datetime) -> _TokenRecord:
-        token = self._token(member_id)
-        return _TokenRecord(
-            digest=token_digest(token),
-            member_id=member_id,
-            plan_id=self.plan.plan_id,
-            issued_at=now,
-            expires_at=now + self.settings.request_ttl,
-        )
-
-    def _token(self, member_id: str) -> str:
-        key = self.record.token_key
-        if key is None:  # erased: every notice was already out
-            raise InvalidTokenError
-        return derive_token(key, self.plan.plan_id, member_id)
-
-    def _event(self, action: str, member_id: str, at: datetime, detail: str = "") -> AuditEvent:
-        return AuditEvent(
-            at=at,
-            action=action,
-            actor=self.plan.actor,
-            plan_id=self.plan.plan_id,
-            member_id=member_id,
-            detail=detail,
-        )
-
-    def _update(self, rows: Sequence[MemberOutcome], events: Sequence[AuditEvent]) -> None:
-        self.store.commit(EffectBatch(self.plan.plan_id, progress=tuple(rows), audit=tuple(events)))
-        self.service._emit(events)
-        for row in rows:
-            self.rows[row.member_id] = row
-
-    # sessions ---------------------------------------------------------------
-
-    def _pending_revocation(self, ids: Sequence[str]) -> list[MemberOutcome]:
-        return [
-            row
-            for row in (self.rows.get(i) for i in ids)
-            if row is not None and row.outcome is Outcome.RESET and not row.sessions_revoked
-        ]
-
-    def _revoke(self, ids: Sequence[str]) -> None:
-        pending = self._pending_revocation(ids)
-        by_time: dict[datetime, list[MemberOutcome]] = {}
-        for row in pending:
-            assert row.at is not None
-            by_time.setdefault(row.at, []).append(row)
-        now = self.service._now()
-        for at, rows in by_time.items():
-            member_ids = [r.member_id for r in rows]
-            if self.service._revoke_quietly(member_ids, at):
-                revoked = rows
-            else:
-                revoked = [r for r in rows if self.service._revoke_quietly([r.member_id], at)]
-            if revoked:
-                self._update(
-                    [attrs.evolve(r, sessions_revoked=True, reason=None) for r in revoked],
-                    [self._event("sessions.revoked", r.member_id, now) for r in revoked],
-                )
-            failed = {r.member_id for r in rows} - {r.member_id for r in revoked}
-            if failed:
-                self._update(
-                    [
-                        attrs.evolve(r, reason="sessions not yet revoked", attempted_at=now)
-                        for r in rows
-                        if r.member_id in failed
-                    ],
-                    [],
-                )
-
-    def _retry_revocations(self) -> None:
-        delay = 0.5
-        while True:
-            pending = self._pending_revocation(list(self.rows))
-            if not pending:
-                return
-            deadline = (
-                min(r.at for r in pending if r.at is not None) + self.settings.session_deadline
-            )
-            now = self.service._now()
-            if now >= deadline:
-                return
-            wait = min(delay, (deadline - now).total_seconds())
-            self.service._sleep(wait)
-            delay *= 2
-            self._revoke([r.member_id for r in pending])
-
-    # notices ----------------------------------------------------------------
-
-    def _notices(self, member: Member, row: MemberOutcome) -> list[Notice]:
-        notices = []
-        base = {
-            "member_id": member.member_id,
-            "actor": self.plan.actor,
-            "issued_at": row.at,
-            "plan_id": self.plan.plan_id,
-            "name": member.name,
-        }
-        if row.outcome is Outcome.RESET:
-            notices.append(
-                Notice(
-                    kind=NoticeKind.PASSWORD_RESET,
-                    password=self.record.password if self.settings.deliver_password else None,
-                    idempotency_key=f"{self.plan.plan_id}:{member.member_id}:password_reset",
-                    recipient=member.personal_email or member.login_id,
-                    **base,  # type: ignore[arg-type]
-                )
-            )
-        if self.sends_request:
-            assert row.at is not None
-            notices.append(
-                Notice(
-                    kind=NoticeKind.CHANGE_REQUEST,
-                    token=self._token(member.member_id),
-                    expires_at=row.at + self.settings.request_ttl,
-                    idempotency_key=f"{self.plan.plan_id}:{member.member_id}:change_request",
-                    recipient=member.login_id,
-                    **base,  # type: ignore[arg-type]
-                )
-            )
-        return notices
-
-    def _notify(self, chunk: Sequence[Member]) -> None:
-        due = [
-            (member, row)
-            for member in chunk
-            if (row := self.rows.get(member.member_id)) is not None
-            and row.outcome in (Outcome.RESET, Outcome.REQUESTED)
-            and not row.notified
-        ]
-        if not due:
-            return
-        groups = [(member, row, self._notices(member, row)) for member, row in due]
-        failed: list[tuple[tuple[Member, MemberOutcome, list[Notice]], Exception]] = []
-        try:
-            self.service.notifier.send([n for _, _, notices in groups for n in notices])
-            delivered = groups
-        except Exception:
-            delivered = []
-            for group in groups:  # find who fails; the notifier drops repeated keys
-                try:
-                    self.service.notifier.send(group[2])
-                    delivered.append(group)
-                except Exception as exc:
-                    failed.append((group, exc))
-        now = self.service._now()
-        rows = [
-            attrs.evolve(
-                row,
-                notified=True,
-                reason=row.reason if row.reason and row.reason.startswith("sessions") else None,
-            )
-            for _, row, _ in delivered
-        ]
-        events = [
-            self._event("notice.sent", row.member_id, now, ", ".join(n.kind.value for n in notices))
-            for _, row, notices in delivered
-        ]
-        rows += [
-            attrs.evolve(row, reason=f"notice not delivered ({_describe(exc)})")
-            for (_, row, _), exc in failed
-        ]
-        self._update(rows, events)
-
-    # result -----------------------------------------------------------------
-
-    def _result(self) -> ResetResult:
-        outcomes: dict[str, MemberOutcome] = {}
-        for member in self.plan.targets:
-            outcomes[member.member_id] = self.rows.get(member.member_id) or MemberOutcome(
-                member.member_id, Outcome.FAILED, "not applied", login_id=member.login_id
-            )
-        for exclusion in self.plan.excluded:
-            outcomes[exclusion.member_id] = MemberOutcome(
-                exclusion.member_id, Outcome.EXCLUDED, exclusion.reason.value
-            )
-        # The plan's secrets may go once no member can need them again.
-        self.all_notified = all(
-            o.notified
-            for o in outcomes.values()
-            if o.outcome in (Outcome.RESET, Outcome.REQUESTED, Outcome.FAILED)
-        )
-        return ResetResult(
-            plan_id=self.plan.plan_id,
-            outcomes=outcomes,
-            started_at=self.started_at,
-            finished_at=self.service._now(),
-        )

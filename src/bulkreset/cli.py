@@ -1,2 +1,736 @@
-def main() -> int:
+"""The ``bulkreset`` command (also ``python -m bulkreset``) over the SQLite store.
+
+Subcommands (SPEC §8)::
+
+    bulkreset --db PATH import FILE.csv [--format native|google-workspace] [--admin LOGIN_OR_ID]
+    bulkreset --db PATH plan --mode force|request (--all | --members ID,ID | --members-file FILE)
+                             --actor ID [--password-stdin | --password-file FILE]
+                             [--then-request] [--deliver-password] [--json]
+    bulkreset --db PATH apply PLAN_ID [--confirm CODE] [--report FILE.csv|FILE.json] [--json]
+    bulkreset --db PATH outbox [--json] [--send --smtp HOST:PORT [--sender ADDRESS]
+                               [--starttls] [--reset-url URL]]
+    bulkreset demo
+
+A password is never taken as an argument (process lists, shell history): it
+is prompted for twice without echo, or read from standard input or a file,
+where one trailing line feed is removed and nothing else (a trailing carriage
+return is a control character, and the password rules refuse it).
+
+Exit status: 0 on success, 1 when some members failed, 2 for bad usage or
+bad input (one line on standard error, no traceback), 130 when interrupted.
+A rejected command writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import json
+import os
+import shlex
+import smtplib
+import sqlite3
+import sys
+from collections.abc import Sequence
+from email.message import EmailMessage
+from importlib import metadata
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from ._importing import FORMATS, load_members
+from ._model import (
+    ALL,
+    ExclusionReason,
+    Notice,
+    NoticeKind,
+    Outcome,
+    ResetMode,
+    ResetPlan,
+    ResetPolicy,
+    ResetResult,
+    Selection,
+    WarningKind,
+)
+from ._report import check_report_path, write_report
+from ._service import ResetService
+from .errors import BulkResetError, InvalidInputError, PasswordPolicyError
+
+__all__ = ["main"]
+
+PROG = "bulkreset"
+
+MAX_PASSWORD_BYTES = 64 * 1024
+"""Most bytes read for a password from standard input or a file."""
+
+_MODES = {"force": ResetMode.FORCE_CHANGE, "request": ResetMode.REQUEST_CHANGE}
+
+
+class UsageError(Exception):
+    """Bad command-line usage: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (raised, printed by :func:`main`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _db_option(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=default,
+        help="the SQLite database file (created by 'import')",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    parser = _Parser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="Reset the passwords of many members at once, safely: "
+        "import a directory, plan (a dry run), then apply with the plan's confirmation code.",
+        epilog="Exit status: 0 success, 1 some members failed, 2 bad usage or bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _db_option(parser, default=None)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    importing = commands.add_parser(
+        "import",
+        allow_abbrev=False,
+        help="import members from a CSV file (insert or update)",
+        description="Import members from a CSV file: all rows or, when any row is bad, none. "
+        "Every cell is trimmed; login IDs compare by NFKC and Unicode case folding; "
+        "errors name rows as a spreadsheet does (the header is row 1).",
+    )
+    _db_option(importing, default=argparse.SUPPRESS)
+    importing.add_argument("file", metavar="FILE.csv", help="UTF-8 CSV file (a BOM is fine)")
+    importing.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="native",
+        help="native: the columns member_id,login_id,name,sign_in,mobile_phone,"
+        "personal_email,status,role (default); google-workspace: a Google Workspace "
+        "admin-console user export, as it comes",
+    )
+    importing.add_argument(
+        "--admin",
+        metavar="LOGIN_OR_ID",
+        action="append",
+        default=[],
+        help="make this imported member an administrator (repeatable); a Google "
+        "Workspace export has no roles, and only administrators may plan",
+    )
+
+    plan = commands.add_parser(
+        "plan",
+        allow_abbrev=False,
+        help="make a plan (a dry run) and show its preview and confirmation code",
+        description="Make a plan: who would be reset, who is excluded and why, warnings "
+        "and precautions. Nothing changes for any member; the plan is kept in the "
+        "database for 'apply'. A force plan asks for the new password twice, without "
+        "echo, unless --password-stdin or --password-file is given.",
+    )
+    _db_option(plan, default=argparse.SUPPRESS)
+    plan.add_argument(
+        "--mode",
+        choices=sorted(_MODES),
+        required=True,
+        help="force: one new password for every target now; request: a change request each",
+    )
+    who = plan.add_mutually_exclusive_group(required=True)
+    who.add_argument("--all", action="store_true", help="select every member")
+    who.add_argument("--members", metavar="ID,ID", help="select these member IDs")
+    who.add_argument(
+        "--members-file",
+        metavar="FILE",
+        help="select the member IDs in FILE, one a line (blank lines and # comments skipped)",
+    )
+    plan.add_argument("--actor", metavar="ID", required=True, help="your member ID (an admin)")
+    source = plan.add_mutually_exclusive_group()
+    source.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the new password from standard input (one trailing newline is removed)",
+    )
+    source.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read the new password from FILE (one trailing newline is removed)",
+    )
+    plan.add_argument(
+        "--then-request",
+        action="store_true",
+        help="force mode: also send each target a change request (force first, then request)",
+    )
+    plan.add_argument(
+        "--deliver-password",
+        action="store_true",
+        help="force mode: put the new password in the notices (discouraged, OWASP ASVS 2.5.1)",
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+
+    apply = commands.add_parser(
+        "apply",
+        allow_abbrev=False,
+        help="apply a plan (asks for its confirmation code)",
+        description="Apply a stored plan. Applying it again is safe: it resumes unfinished "
+        "work and never repeats a finished effect.",
+    )
+    _db_option(apply, default=argparse.SUPPRESS)
+    apply.add_argument("plan_id", metavar="PLAN_ID")
+    apply.add_argument(
+        "--confirm",
+        metavar="CODE",
+        help="the plan's confirmation code (asked for when missing and a terminal is attached)",
+    )
+    apply.add_argument(
+        "--report",
+        metavar="FILE.csv|FILE.json",
+        help="write one row per selected member (no secrets); the suffix picks the format",
+    )
+    apply.add_argument("--json", action="store_true", help="print one JSON object")
+
+    outbox = commands.add_parser(
+        "outbox",
+        allow_abbrev=False,
+        help="list (or deliver) the notices waiting in the outbox",
+        description="List the notices not yet delivered (never their tokens or passwords).",
+    )
+    _db_option(outbox, default=argparse.SUPPRESS)
+    outbox.add_argument("--json", action="store_true", help="print one JSON object")
+    outbox.add_argument("--send", action="store_true", help="deliver them through --smtp")
+    outbox.add_argument("--smtp", metavar="HOST:PORT", help="the SMTP relay for --send")
+    outbox.add_argument(
+        "--sender",
+        metavar="ADDRESS",
+        default="bulkreset@localhost",
+        help="the From address for --send (default: %(default)s)",
+    )
+    outbox.add_argument("--starttls", action="store_true", help="use STARTTLS with --smtp")
+    outbox.add_argument(
+        "--reset-url",
+        metavar="URL",
+        help="with --send: put this URL with the token appended in change requests "
+        "(for example https://example.com/reset?token=)",
+    )
+
+    commands.add_parser(
+        "demo",
+        allow_abbrev=False,
+        help="run the whole story on an invented directory in a temporary database",
+        description="Import a bundled invented directory into a temporary database, force a "
+        "change, sign in, change the password, send change requests and redeem one.",
+    )
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("bulkreset")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _connect(path: Path) -> ResetService:
+    """Open the SQLite-backed service (the real Argon2 defaults; nothing weakens them)."""
+    from .adapters.sqlite import open_service
+
+    return open_service(path)
+
+
+def _close(service: ResetService) -> None:
+    for port in (service.store, service.notifier, service.sessions):
+        close = getattr(port, "close", None)
+        if callable(close):
+            close()
+
+
+def _database(args: argparse.Namespace, *, must_exist: bool = True) -> Path:
+    if args.db is None:
+        raise UsageError(f"the {args.command} command needs --db PATH")
+    path = Path(args.db)
+    if must_exist and not path.is_file():
+        raise InvalidInputError(
+            f"no database at {args.db!r:.200}; create it with '{PROG} --db PATH import FILE.csv'"
+        )
+    return path
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _json(document: Any) -> None:
+    _out(json.dumps(document, ensure_ascii=False, indent=2))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines()) or "failed"
+
+
+def _read_limited(stream: Any) -> str:
+    """Read a password from a text or binary stream; refuse what is not UTF-8 or is huge."""
+    data = stream.read(MAX_PASSWORD_BYTES + 1)
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError("the password input is not UTF-8 text") from None
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise PasswordPolicyError(("too_long",))
+    text: str = data
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """The force-change password: from stdin, a file, or typed twice without echo."""
+    if args.password_stdin:
+        return _read_limited(getattr(sys.stdin, "buffer", sys.stdin))
+    if args.password_file is not None:
+        with open(args.password_file, "rb") as handle:
+            return _read_limited(handle)
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no terminal to ask for the new password: use --password-stdin or --password-file"
+        )
+    first = getpass.getpass("New password for every target: ")
+    second = getpass.getpass("Type it again: ")
+    if first != second:
+        raise InvalidInputError("the two passwords differ; nothing was planned")
+    return first
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    if args.all:
+        return ALL
+    if args.members is not None:
+        ids = [part.strip() for part in args.members.split(",")]
+        source = "--members"
+    else:
+        text = Path(args.members_file).read_text(encoding="utf-8-sig")
+        ids = [line.strip() for line in text.splitlines()]
+        ids = [i for i in ids if not i.startswith("#")]
+        source = "--members-file"
+    ids = [i for i in ids if i]
+    if not ids:
+        raise InvalidInputError(f"{source} names no member ID")
+    return ids
+
+
+# ---------------------------------------------------------------------- import
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    path = _database(args, must_exist=False)
+    members = load_members(args.file, format=args.format, admins=args.admin)
+    service = _connect(path)
+    try:
+        service.store.add_members(members)
+    finally:
+        _close(service)
+    admins = sum(1 for m in members if m.role.is_admin)
+    _out(f"Imported {len(members):,} member(s) ({admins:,} administrator(s)) into {args.db}.")
     return 0
+
+
+# ---------------------------------------------------------------------- plan
+
+
+def plan_document(plan: ResetPlan) -> dict[str, Any]:
+    """The plan as ``plan --json`` prints it: counts, never a member's details."""
+    excluded = plan.exclusion_counts()
+    warnings = plan.warning_counts()
+    return {
+        "plan_id": plan.plan_id,
+        "mode": plan.mode.value,
+        "actor": plan.actor,
+        "created_at": plan.created_at.isoformat(),
+        "expires_at": plan.expires_at.isoformat(),
+        "confirmation": plan.confirmation,
+        "selected": plan.selected,
+        "targets": len(plan.targets),
+        "excluded": {r.value: excluded[r] for r in ExclusionReason if r in excluded},
+        "warnings": {k.value: warnings[k] for k in WarningKind if k in warnings},
+        "precautions": list(plan.precautions),
+        "settings": plan.settings.to_json(),
+    }
+
+
+_WARNING_TEXT = {
+    WarningKind.CANNOT_SELF_RECOVER: "no mobile phone and no personal email",
+}
+
+
+def _print_plan(plan: ResetPlan, db: str) -> None:
+    mode = plan.mode.value.replace("_", " ")
+    _out(f"Plan {plan.plan_id}: {mode}, made by {plan.actor}")
+    _out("Nothing has changed yet: this is a dry run.")
+    _out()
+    _out(f"  selected  {plan.selected:>9,}")
+    _out(f"  targets   {len(plan.targets):>9,}")
+    _out(f"  excluded  {len(plan.excluded):>9,}")
+    excluded = plan.exclusion_counts()
+    for reason in ExclusionReason:
+        if reason in excluded:
+            _out(f"    {reason.value:<22}{excluded[reason]:>7,}")
+    warnings = plan.warning_counts()
+    _out(f"  warnings  {len(plan.warnings):>9,}")
+    for kind in WarningKind:
+        if kind in warnings:
+            _out(f"    {kind.value:<22}{warnings[kind]:>7,}  ({_WARNING_TEXT[kind]})")
+    _out()
+    _out("Precautions:")
+    for line in plan.precautions:
+        _out(f"  * {line}")
+    _out()
+    _out(f"Confirmation code: {plan.confirmation}")
+    _out(f"The plan expires at {plan.expires_at:%Y-%m-%d %H:%M} UTC unless applied before.")
+    _out(
+        f"To apply it: {PROG} --db {shlex.quote(db)} apply {plan.plan_id} "
+        f"--confirm {plan.confirmation}"
+    )
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    mode = _MODES[args.mode]
+    force = mode is ResetMode.FORCE_CHANGE
+    if not force and (args.password_stdin or args.password_file is not None):
+        raise UsageError("--mode request takes no password (members choose their own)")
+    if not force and (args.then_request or args.deliver_password):
+        raise UsageError("--then-request and --deliver-password belong to --mode force")
+    path = _database(args)
+    selection = _selection(args)
+    password = _read_password(args) if force else None
+    policy = ResetPolicy(
+        mode,
+        new_password=password,
+        follow_with_request=args.then_request,
+        deliver_password=args.deliver_password,
+    )
+    service = _connect(path)
+    try:
+        plan = service.plan(selection, policy, actor=args.actor)
+    finally:
+        _close(service)
+    if args.json:
+        _json(plan_document(plan))
+    else:
+        _print_plan(plan, args.db)
+    return 0
+
+
+# ---------------------------------------------------------------------- apply
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal, fed by ``ResetService.apply(progress=...)``."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\rapplying [{bar}] {done:,}/{total:,}")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        """End the bar's line, if one was drawn."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _ask_confirmation(plan: ResetPlan) -> str:
+    if not sys.stdin.isatty():
+        raise UsageError("--confirm CODE is needed when no terminal is attached")
+    mode = plan.mode.value.replace("_", " ")
+    sys.stderr.write(
+        f"Plan {plan.plan_id}: {mode} of {len(plan.targets):,} member(s), "
+        f"{len(plan.excluded):,} excluded.\n"
+        "Type the plan's confirmation code to apply it: "
+    )
+    sys.stderr.flush()
+    return sys.stdin.readline().strip()
+
+
+def result_document(result: ResetResult, report: Path | None = None) -> dict[str, Any]:
+    """The result as ``apply --json`` prints it."""
+    return {
+        "plan_id": result.plan_id,
+        "outcomes": {outcome.value: count for outcome, count in result.counts().items()},
+        "unfinished": len(result.unfinished),
+        "started_at": result.started_at.isoformat(),
+        "finished_at": result.finished_at.isoformat(),
+        "report": str(report) if report is not None else None,
+    }
+
+
+def _print_result(result: ResetResult, plan: ResetPlan, report: Path | None) -> None:
+    _out(f"Applied plan {result.plan_id} ({plan.mode.value.replace('_', ' ')}).")
+    for outcome, count in result.counts().items():
+        _out(f"  {outcome.value:<10}{count:>9,}")
+    failed = result.count(Outcome.FAILED)
+    unfinished = len(result.unfinished)
+    if failed:
+        _out(f"{failed:,} member(s) failed: apply the plan again to retry them.")
+    if unfinished - failed > 0:
+        _out(
+            f"{unfinished - failed:,} member(s) are reset but their sign-out or notice is "
+            "not yet confirmed: apply the plan again to retry."
+        )
+    if report is not None:
+        _out(f"Report written to {report}.")
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    path = _database(args)
+    report = check_report_path(args.report) if args.report is not None else None
+    service = _connect(path)
+    try:
+        plan = service.load_plan(args.plan_id)
+        code = args.confirm if args.confirm is not None else _ask_confirmation(plan)
+        bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+        try:
+            result = service.apply(plan, confirm=code, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        if report is not None:
+            excluded = [e.member_id for e in plan.excluded]
+            members = service.store.get_members(excluded)
+            try:
+                write_report(
+                    report,
+                    result,
+                    plan=plan,
+                    login_ids={i: m.login_id for i, m in members.items()},
+                )
+            except OSError as exc:
+                raise InvalidInputError(
+                    f"the plan was applied, but the report could not be written "
+                    f"({exc.strerror or exc}); apply it again with --report to write it"
+                ) from None
+    finally:
+        _close(service)
+    if args.json:
+        _json(result_document(result, report))
+    else:
+        _print_result(result, plan, report)
+    return 1 if result.count(Outcome.FAILED) else 0
+
+
+# ---------------------------------------------------------------------- outbox
+
+
+def notice_document(notice: Notice) -> dict[str, Any]:
+    """A notice as ``outbox`` lists it: never its token or password."""
+    return {
+        "idempotency_key": notice.idempotency_key,
+        "kind": notice.kind.value,
+        "member_id": notice.member_id,
+        "recipient": notice.recipient,
+        "plan_id": notice.plan_id,
+        "issued_at": notice.issued_at.isoformat() if notice.issued_at else None,
+        "expires_at": notice.expires_at.isoformat() if notice.expires_at else None,
+    }
+
+
+def message_id(notice: Notice, sender: str) -> str:
+    """The ``Message-ID`` of a notice's mail: derived from its idempotency key.
+
+    A resent notice gets the same ``Message-ID``, so a mail system that drops
+    duplicates by ``Message-ID`` drops it (RFC 5322 §3.6.4).
+    """
+    digest = hashlib.sha256(notice.idempotency_key.encode("utf-8")).hexdigest()[:40]
+    domain = sender.rpartition("@")[2] if "@" in sender else "bulkreset.invalid"
+    return f"<{digest}@{domain}>"
+
+
+def notice_email(notice: Notice, *, sender: str, reset_url: str | None = None) -> EmailMessage:
+    """The mail for one notice (plain text). It carries the notice's token or password.
+
+    Raises:
+        InvalidInputError: the notice has no recipient.
+    """
+    if not notice.recipient:
+        raise InvalidInputError("the notice has no recipient")
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = notice.recipient
+    message["Message-ID"] = message_id(notice, sender)
+    hello = f"Hello {notice.name}," if notice.name else "Hello,"
+    when = f"{notice.issued_at:%Y-%m-%d %H:%M} UTC" if notice.issued_at else "just now"
+    if notice.kind is NoticeKind.PASSWORD_RESET:
+        message["Subject"] = "Your password was reset"
+        how = (
+            f"Your new password is: {notice.password}"
+            if notice.password
+            else "Your administrator will give you the new password, or tell you how to get it."
+        )
+        body = (
+            f"{hello}\n\nAn administrator ({notice.actor}) reset your password at {when}, "
+            f"and signed you out.\n{how}\nYou may have to choose a new password when you "
+            "next sign in.\n\nIf you did not expect this, contact your administrator.\n"
+        )
+    else:
+        message["Subject"] = "Please set a new password"
+        until = f"{notice.expires_at:%Y-%m-%d %H:%M} UTC" if notice.expires_at else "soon"
+        link = f"{reset_url}{notice.token}" if reset_url else f"Your reset code: {notice.token}"
+        body = (
+            f"{hello}\n\nYou are asked to set a new password. Use this once, before "
+            f"{until}:\n\n    {link}\n\nYour current password keeps working until you do.\n"
+        )
+    message.set_content(body)
+    return message
+
+
+def _smtp_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--smtp takes HOST:PORT, not {value!r:.80}")
+    return host, int(port)
+
+
+def _send_outbox(args: argparse.Namespace, service: ResetService) -> int:
+    host, port = _smtp_address(args.smtp)
+    deliver = getattr(service.notifier, "deliver", None)
+    if not callable(deliver):  # pragma: no cover - the SQLite outbox has it
+        raise InvalidInputError("this database's notifier cannot deliver")
+    with smtplib.SMTP(host, port, timeout=30) as smtp:
+        if args.starttls:
+            smtp.starttls()
+
+        def transport(notice: Notice) -> None:
+            smtp.send_message(notice_email(notice, sender=args.sender, reset_url=args.reset_url))
+
+        report = deliver(transport)
+    failed = list(report.failed)
+    if args.json:
+        _json({"delivered": report.delivered, "failed": [list(f) for f in failed]})
+    else:
+        _out(f"Delivered {report.delivered:,} notice(s) through {host}:{port}.")
+        for key, error in failed:
+            _out(f"  not delivered (kept pending): {key} ({error})")
+    return 1 if failed else 0
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    path = _database(args)
+    if args.send and args.smtp is None:
+        raise UsageError("--send needs --smtp HOST:PORT")
+    if not args.send and args.smtp is not None:
+        raise UsageError("--smtp goes with --send")
+    service = _connect(path)
+    try:
+        if args.send:
+            return _send_outbox(args, service)
+        pending = getattr(service.notifier, "pending", None)
+        if not callable(pending):  # pragma: no cover - the SQLite outbox has it
+            raise InvalidInputError("this database's notifier has no outbox to list")
+        notices: list[Notice] = list(pending())
+    finally:
+        _close(service)
+    documents = [notice_document(n) for n in notices]
+    if args.json:
+        _json({"pending": len(documents), "notices": documents})
+        return 0
+    _out(f"{len(documents):,} notice(s) waiting in the outbox.")
+    for doc in documents:
+        expires = f", expires {doc['expires_at']}" if doc["expires_at"] else ""
+        _out(f"  {doc['kind']:<15} {doc['member_id']:<12} to {doc['recipient']}{expires}")
+    return 0
+
+
+# ---------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(sys.stdout)
+
+
+_COMMANDS = {
+    "import": _cmd_import,
+    "plan": _cmd_plan,
+    "apply": _cmd_apply,
+    "outbox": _cmd_outbox,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with *argv* (default: ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = _parse(build_parser(), argv)
+        return _COMMANDS[args.command](args)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except UsageError as exc:
+        return _fail(str(exc))
+    except BulkResetError as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:  # pragma: no cover - for example `bulkreset outbox | head`
+        _silence_stdout()
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}")
+    except sqlite3.Error as exc:  # pragma: no cover - the store wraps its errors
+        return _fail(f"database error ({type(exc).__name__}: {exc})")
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{PROG}: interrupted\n")
+        return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse *argv*; unknown arguments are named without echoing their values.
+
+    argparse would quote them all, and ``--password SECRET`` would put the
+    secret in the error message (and in any log of it).
+    """
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        options = [a.split("=", 1)[0] for a in extras if a.startswith("-")]
+        others = len(extras) - len(options)
+        named = " ".join(options)
+        more = f"{' and ' if named else ''}{others} other value(s)" if others else ""
+        hint = (
+            "; passwords are never taken as arguments: use the prompt, "
+            "--password-stdin or --password-file"
+            if any(o.startswith("--pass") for o in options)
+            else ""
+        )
+        parser.error(f"unrecognized arguments: {named}{more}{hint}")
+    return args
+
+
+def _silence_stdout() -> None:  # pragma: no cover - see main
+    """Point stdout at /dev/null, so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+    return 2

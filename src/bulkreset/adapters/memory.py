@@ -58,9 +58,8 @@ class MemoryStorage:
             for member in batch:
                 if not isinstance(member, Member):
                     raise InvalidInputError("add_members takes Member objects")
-                old = self._members.get(member.member_id)
-                if old is not None and logins.get(old.login_key) == member.member_id:
-                    del logins[old.login_key]
+                for key in [k for k, v in logins.items() if v == member.member_id]:
+                    del logins[key]  # the member's previous login, even from this batch
                 owner = logins.get(member.login_key)
                 if owner is not None and owner != member.member_id:
                     raise InvalidInputError(

@@ -1,0 +1,287 @@
+"""The SQLite store's schema, its migrations, and the row and JSON codecs.
+
+Private to :mod:`bulkreset.adapters.sqlite`. The schema version lives in
+``PRAGMA user_version``; :data:`MIGRATIONS` lists the statements that take a
+database from one version to the next, in order, so a file made by an older
+bulkreset is upgraded in place when it is opened.
+
+Times are stored as text written by :func:`bulkreset._clock.to_iso` (UTC,
+microseconds, fixed width), so comparing two stored times as strings
+compares the instants.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from .._clock import from_iso, to_iso
+from .._model import (
+    Exclusion,
+    ExclusionReason,
+    Member,
+    PlanSettings,
+    PlanWarning,
+    ResetMode,
+    ResetPlan,
+    WarningKind,
+)
+from ..errors import StorageError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "member_from_row",
+    "member_to_row",
+    "migrate",
+    "plan_from_json",
+    "plan_to_json",
+]
+
+_V1 = (
+    """
+    CREATE TABLE members (
+        member_id      TEXT PRIMARY KEY,
+        login_id       TEXT NOT NULL,
+        login_key      TEXT NOT NULL UNIQUE,
+        name           TEXT NOT NULL,
+        sign_in        TEXT NOT NULL,
+        mobile_phone   TEXT,
+        personal_email TEXT,
+        status         TEXT NOT NULL,
+        role           TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE plans (
+        plan_id       TEXT PRIMARY KEY,
+        body          TEXT NOT NULL,
+        password_hash TEXT,
+        password      TEXT,
+        token_key     BLOB,
+        started_at    TEXT,
+        finished_at   TEXT,
+        lease_owner   TEXT,
+        lease_until   TEXT
+    )
+    """,
+    """
+    CREATE TABLE credentials (
+        member_id      TEXT PRIMARY KEY,
+        password_hash  TEXT,
+        shared_plan_id TEXT REFERENCES plans (plan_id),
+        must_change    INTEGER NOT NULL,
+        generation     INTEGER NOT NULL,
+        changed_at     TEXT NOT NULL,
+        not_before     TEXT
+    )
+    """,
+    """
+    CREATE TABLE tokens (
+        digest     TEXT PRIMARY KEY,
+        member_id  TEXT NOT NULL,
+        plan_id    TEXT NOT NULL,
+        issued_at  TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        used_at    TEXT,
+        revoked_at TEXT
+    )
+    """,
+    """
+    CREATE TABLE progress (
+        plan_id          TEXT NOT NULL,
+        member_id        TEXT NOT NULL,
+        outcome          TEXT NOT NULL,
+        reason           TEXT,
+        sessions_revoked INTEGER NOT NULL,
+        notified         INTEGER NOT NULL,
+        login_id         TEXT NOT NULL,
+        at               TEXT,
+        attempted_at     TEXT,
+        PRIMARY KEY (plan_id, member_id)
+    )
+    """,
+    """
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        at        TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        actor     TEXT,
+        plan_id   TEXT,
+        member_id TEXT,
+        detail    TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE outbox (
+        seq             INTEGER PRIMARY KEY,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        member_id       TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        token           TEXT,
+        password        TEXT,
+        expires_at      TEXT,
+        recipient       TEXT,
+        actor           TEXT,
+        issued_at       TEXT,
+        plan_id         TEXT,
+        name            TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        delivered_at    TEXT,
+        last_error      TEXT
+    )
+    """,
+    """
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        member_id  TEXT NOT NULL,
+        issued_at  TEXT NOT NULL,
+        revoked_at TEXT
+    )
+    """,
+)
+
+_V2 = (
+    "CREATE INDEX tokens_live_by_member ON tokens (member_id)"
+    " WHERE used_at IS NULL AND revoked_at IS NULL",
+    "CREATE INDEX audit_by_plan ON audit (plan_id)",
+    "CREATE INDEX audit_by_member ON audit (member_id)",
+    "CREATE INDEX sessions_by_member ON sessions (member_id, issued_at)",
+    "CREATE INDEX outbox_undelivered ON outbox (seq) WHERE delivered_at IS NULL",
+    "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE outbox ADD COLUMN next_attempt_at TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+"""``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The version this code writes and reads."""
+
+
+def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> int:
+    """Bring the database up to schema version *target*, one migration at a time.
+
+    Each step runs in its own ``BEGIN IMMEDIATE`` transaction and re-reads
+    the version inside it, so two processes opening an old file at once
+    migrate it once. *conn* must be in autocommit mode (``isolation_level=None``).
+
+    Args:
+        conn: The connection.
+        target: The version to reach (tests pass ``1`` to build an old file).
+
+    Returns:
+        The version the database had when opened.
+
+    Raises:
+        StorageError: the file's version is newer than this code knows.
+        sqlite3.Error: the file is not a database, or a statement failed.
+    """
+    found = _version(conn)
+    if found > SCHEMA_VERSION:
+        raise StorageError(
+            f"the database has schema version {found}, newer than this bulkreset "
+            f"understands ({SCHEMA_VERSION}); upgrade bulkreset"
+        )
+    for version in range(found, target):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _version(conn) == version:
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+# members ---------------------------------------------------------------------
+
+
+def member_to_row(member: Member) -> tuple[str | None, ...]:
+    """The ``members`` row of *member*: ``member_id`` ... ``role``, then ``login_key``."""
+    return (
+        member.member_id,
+        member.login_id,
+        member.name,
+        member.sign_in.value,
+        member.mobile_phone,
+        member.personal_email,
+        member.status.value,
+        member.role.value,
+        member.login_key,
+    )
+
+
+def member_from_row(row: Sequence[Any]) -> Member:
+    """The :class:`Member` of a row laid out as :func:`member_to_row` writes it."""
+    return Member(
+        row[0],
+        row[1],
+        row[2],
+        sign_in=row[3],
+        mobile_phone=row[4],
+        personal_email=row[5],
+        status=row[6],
+        role=row[7],
+    )
+
+
+def _member_json(member: Member) -> dict[str, str | None]:
+    return {
+        "member_id": member.member_id,
+        "login_id": member.login_id,
+        "name": member.name,
+        "sign_in": member.sign_in.value,
+        "mobile_phone": member.mobile_phone,
+        "personal_email": member.personal_email,
+        "status": member.status.value,
+        "role": member.role.value,
+    }
+
+
+# plans -----------------------------------------------------------------------
+
+
+def plan_to_json(plan: ResetPlan) -> str:
+    """Serialize a :class:`ResetPlan` (it holds no secret) as compact JSON."""
+    body = {
+        "plan_id": plan.plan_id,
+        "mode": plan.mode.value,
+        "created_at": to_iso(plan.created_at),
+        "actor": plan.actor,
+        "targets": [_member_json(m) for m in plan.targets],
+        "excluded": [[e.member_id, e.reason.value] for e in plan.excluded],
+        "warnings": [[w.member_id, w.kind.value] for w in plan.warnings],
+        "precautions": list(plan.precautions),
+        "confirmation": plan.confirmation,
+        "settings": plan.settings.to_json(),
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def plan_from_json(text: str) -> ResetPlan:
+    """The inverse of :func:`plan_to_json`."""
+    body = json.loads(text)
+    return ResetPlan(
+        plan_id=body["plan_id"],
+        mode=ResetMode(body["mode"]),
+        created_at=from_iso(body["created_at"]),
+        actor=body["actor"],
+        targets=tuple(Member(**m) for m in body["targets"]),
+        excluded=tuple(Exclusion(i, ExclusionReason(r)) for i, r in body["excluded"]),
+        warnings=tuple(PlanWarning(i, WarningKind(k)) for i, k in body["warnings"]),
+        precautions=tuple(body["precautions"]),
+        confirmation=body["confirmation"],
+        settings=PlanSettings.from_json(body["settings"]),
+    )

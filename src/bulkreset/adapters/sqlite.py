@@ -1,0 +1,1147 @@
+"""The embedded default: every port over one SQLite file.
+
+One file holds members, credentials, the force plans' shared password hashes,
+reset-token digests, sessions, plans, the outbox, the audit log and apply
+progress. :func:`open_service` builds a :class:`~bulkreset.ResetService` over
+it; the three adapters share one connection, guarded by a lock, so they are
+safe to use from several threads. Several processes may open the same file:
+writes take SQLite's write lock (``BEGIN IMMEDIATE``) and wait for it up to
+30 seconds (``busy_timeout``); the file runs in WAL mode so readers never
+wait for a writer.
+
+Each :class:`~bulkreset.ports.Storage` write method is one transaction: it
+writes all it was given or nothing. The schema is versioned with
+``PRAGMA user_version`` and migrated in place when an older file is opened.
+
+Secrets at rest (SPEC §5): tokens are stored as SHA-256 digests only; a
+force plan's password is stored once, as one Argon2id hash in the plan's row,
+which each target's credential points to (``shared_plan_id``) until the
+member sets their own; a plan keeps the plain password only for
+``deliver_password`` and its token key only until every notice is out; an
+outbox row keeps its token and password only until it is delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import argon2
+import attrs
+
+from .._clock import Clock, from_iso, read_clock, system_clock, to_iso, to_utc
+from .._model import (
+    AuditEvent,
+    Member,
+    MemberOutcome,
+    Notice,
+    NoticeKind,
+    Outcome,
+    ResetPlan,
+)
+from .._service import ResetService
+from ..errors import InvalidInputError, PlanNotFoundError, StorageError
+from ..ports import Credential, CredentialWrite, EffectBatch, PlanRecord, TokenRecord
+from . import _sqlite_schema as schema
+
+__all__ = [
+    "DeliveryReport",
+    "SqliteOutbox",
+    "SqliteSessions",
+    "SqliteStorage",
+    "Transport",
+    "open_service",
+]
+
+BUSY_TIMEOUT = timedelta(seconds=30)
+"""How long a write waits for another connection's write lock."""
+
+_DELIVERY_LEASE = timedelta(minutes=5)
+
+Transport = Callable[[Notice], object]
+"""Delivers one :class:`~bulkreset.Notice` (SMTP, SMS, a host's queue); raising means it failed."""
+
+
+def _encodable(text: object) -> bool:
+    """True when *text* is a string SQLite can store (no lone surrogates)."""
+    if not isinstance(text, str):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _id_list(ids: Iterable[str]) -> str:
+    """A JSON array of the storable IDs, for ``IN (SELECT value FROM json_each(?))``."""
+    return json.dumps([i for i in ids if _encodable(i)], ensure_ascii=False)
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else to_iso(value)
+
+
+def _parse(value: str | None) -> datetime | None:
+    return None if value is None else from_iso(value)
+
+
+def _fail(exc: BaseException) -> StorageError:
+    return StorageError(f"the SQLite store failed ({type(exc).__name__})")
+
+
+class _Database:
+    """One connection to one file, a lock, and the transaction helpers."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.lock = threading.RLock()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT.total_seconds(),
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the SQLite database {self.path!r}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT.total_seconds() * 1000):d}")
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            schema.migrate(conn)
+        except StorageError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(
+                f"{self.path!r} is not a bulkreset SQLite database, or cannot be opened"
+            ) from exc
+        self.conn = conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error.
+
+        Raises:
+            StorageError: SQLite failed (the cause is chained); other
+                exceptions pass through after the rollback.
+        """
+        with self.lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _fail(exc) from exc
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException as exc:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _fail(exc) from exc
+                raise
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """Run one query (its own snapshot) and return every row.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        with self.lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _fail(exc) from exc
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+# storage -----------------------------------------------------------------------
+
+_CREDENTIAL_UPSERT = """
+INSERT INTO credentials
+    (member_id, password_hash, shared_plan_id, must_change, generation, changed_at, not_before)
+VALUES (?, ?, ?, ?, 1, ?, ?)
+ON CONFLICT (member_id) DO UPDATE SET
+    password_hash = excluded.password_hash,
+    shared_plan_id = excluded.shared_plan_id,
+    must_change = excluded.must_change,
+    generation = credentials.generation + 1,
+    changed_at = excluded.changed_at,
+    not_before = excluded.not_before
+"""
+
+_REVOKE_TOKENS = """
+UPDATE tokens SET revoked_at = ?
+WHERE member_id = ? AND digest IS NOT ? AND used_at IS NULL AND revoked_at IS NULL
+"""
+
+_INSERT_DIGEST = """
+INSERT OR IGNORE INTO tokens
+    (digest, member_id, plan_id, issued_at, expires_at, generation, used_at, revoked_at)
+VALUES (?, ?, ?, ?, ?, COALESCE((SELECT generation FROM credentials WHERE member_id = ?), 0),
+        NULL, NULL)
+"""
+
+_PROGRESS_UPSERT = """
+INSERT INTO progress
+    (plan_id, member_id, outcome, reason, sessions_revoked, notified, login_id, at, attempted_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (plan_id, member_id) DO UPDATE SET
+    outcome = excluded.outcome,
+    reason = excluded.reason,
+    sessions_revoked = excluded.sessions_revoked,
+    notified = excluded.notified,
+    login_id = excluded.login_id,
+    at = excluded.at,
+    attempted_at = excluded.attempted_at
+"""
+
+_INSERT_AUDIT = """
+INSERT INTO audit (at, action, actor, plan_id, member_id, detail) VALUES (?, ?, ?, ?, ?, ?)
+"""
+
+_MEMBER_UPSERT = """
+INSERT INTO members
+    (member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role, login_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (member_id) DO UPDATE SET
+    login_id = excluded.login_id,
+    name = excluded.name,
+    sign_in = excluded.sign_in,
+    mobile_phone = excluded.mobile_phone,
+    personal_email = excluded.personal_email,
+    status = excluded.status,
+    role = excluded.role,
+    login_key = excluded.login_key
+"""
+
+_MEMBER_SELECT = (
+    "SELECT member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role "
+    "FROM members "
+)
+
+_CREDENTIAL_SELECT = """
+SELECT c.member_id,
+       CASE WHEN c.shared_plan_id IS NULL THEN COALESCE(c.password_hash, '')
+            ELSE COALESCE(p.password_hash, '') END,
+       c.must_change, c.generation, c.changed_at, c.not_before, c.shared_plan_id
+FROM credentials AS c LEFT JOIN plans AS p ON p.plan_id = c.shared_plan_id
+WHERE c.member_id IN (SELECT value FROM json_each(?))
+"""
+
+
+def _credential_params(write: CredentialWrite) -> tuple[object, ...]:
+    at = to_iso(write.at)
+    hashed = None if write.shared_plan_id is not None else (write.password_hash or "")
+    return (write.member_id, hashed, write.shared_plan_id, int(write.must_change), at, at)
+
+
+def _audit_params(event: AuditEvent) -> tuple[object, ...]:
+    return (
+        to_iso(event.at),
+        event.action,
+        event.actor,
+        event.plan_id,
+        event.member_id,
+        event.detail,
+    )
+
+
+def _progress_params(plan_id: str, row: MemberOutcome) -> tuple[object, ...]:
+    return (
+        plan_id,
+        row.member_id,
+        row.outcome.value,
+        row.reason,
+        int(row.sessions_revoked),
+        int(row.notified),
+        row.login_id,
+        _time(row.at),
+        _time(row.attempted_at),
+    )
+
+
+def _token_from_row(row: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(
+        digest=row[0],
+        member_id=row[1],
+        plan_id=row[2],
+        issued_at=from_iso(row[3]),
+        expires_at=from_iso(row[4]),
+        generation=row[5],
+        used_at=_parse(row[6]),
+        revoked_at=_parse(row[7]),
+    )
+
+
+class SqliteStorage:
+    """The :class:`~bulkreset.ports.Storage` port over one SQLite file.
+
+    Opens (creating or migrating) the file; every write method is one
+    ``BEGIN IMMEDIATE`` transaction. Thread-safe: one connection behind a
+    re-entrant lock, shared with the :class:`SqliteOutbox` and
+    :class:`SqliteSessions` built on this store. Usable as a context manager
+    that closes the connection.
+
+    Args:
+        path: The database file (created if missing), or ``":memory:"``.
+
+    Raises:
+        StorageError: the file is not an SQLite database, its schema is newer
+            than this bulkreset knows, or it cannot be opened (cause chained).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._db = _Database(path)
+        # The last plan body parsed, and its plan: ``apply`` loads a plan twice,
+        # and parsing 100,000 targets costs far more than comparing the text.
+        self._parsed: tuple[str, ResetPlan] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SqliteStorage {self._db.path!r}>"
+
+    def __enter__(self) -> SqliteStorage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> str:
+        """The database file's path."""
+        return self._db.path
+
+    def close(self) -> None:
+        """Close the connection (also the outbox's and sessions'). Further calls fail."""
+        self._db.close()
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every table's rows, sorted: for tests comparing a store before and after a call.
+
+        Returns:
+            Table name to its rows (tuples of column values, secrets included:
+            never log this).
+        """
+        names = [
+            row[0]
+            for row in self._db.select(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        tables = {}
+        for name in names:  # names come from sqlite_master, not from a caller
+            rows = self._db.select(f'SELECT * FROM "{name}"')  # noqa: S608
+            tables[name] = sorted((tuple(r) for r in rows), key=repr)
+        return tables
+
+    # directory ---------------------------------------------------------------
+
+    def add_members(self, members: Iterable[Member]) -> None:
+        """Insert or update members by ID, in one transaction.
+
+        Args:
+            members: :class:`~bulkreset.Member` objects, applied in order.
+
+        Raises:
+            InvalidInputError: an item is not a :class:`~bulkreset.Member`, or
+                two members would share a login ID (compared by
+                :func:`~bulkreset.fold_login`). Nothing is written then.
+            StorageError: SQLite failed; nothing is written.
+        """
+        batch = list(members)
+        if not all(isinstance(m, Member) for m in batch):
+            raise InvalidInputError("add_members takes Member objects")
+        rows = [schema.member_to_row(m) for m in batch]
+        with self._db.write() as conn:
+            try:
+                conn.executemany(_MEMBER_UPSERT, rows)
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                raise self._login_conflict(conn, batch) from None
+
+    @staticmethod
+    def _login_conflict(conn: sqlite3.Connection, batch: Sequence[Member]) -> InvalidInputError:
+        """Replay *batch* one member at a time to name the member whose login ID is taken."""
+        for member in batch:
+            try:
+                conn.execute(_MEMBER_UPSERT, schema.member_to_row(member))
+            except sqlite3.IntegrityError:
+                (owner,) = conn.execute(
+                    "SELECT member_id FROM members WHERE login_key = ?", (member.login_key,)
+                ).fetchone()
+                return InvalidInputError(
+                    f"login ID of member {member.member_id!r} is already used by {owner!r}"
+                )
+        return InvalidInputError("a login ID is already used by another member")  # pragma: no cover
+
+    def get_members(self, member_ids: Collection[str]) -> dict[str, Member]:
+        """The members with these IDs; unknown (or unstorable) IDs are simply absent.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        rows = self._db.select(
+            "SELECT member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role "
+            "FROM members WHERE member_id IN (SELECT value FROM json_each(?))",
+            (_id_list(member_ids),),
+        )
+        return {row[0]: schema.member_from_row(row) for row in rows}
+
+    def iter_members(self, *, page_size: int = 1000) -> Iterator[Sequence[Member]]:
+        """Every member, in pages of at most *page_size*, ordered by ``member_id``.
+
+        Pages are read one query each (keyset pagination), so memory stays
+        bounded by the page size.
+
+        Raises:
+            InvalidInputError: *page_size* is below 1.
+            StorageError: SQLite failed.
+        """
+        if page_size < 1:
+            raise InvalidInputError("page_size must be at least 1")
+        return self._pages(page_size)
+
+    def _pages(self, page_size: int) -> Iterator[Sequence[Member]]:
+        after = ""
+        while True:
+            rows = self._db.select(
+                _MEMBER_SELECT + "WHERE member_id > ? ORDER BY member_id LIMIT ?",
+                (after, page_size),
+            )
+            if not rows:
+                return
+            yield [schema.member_from_row(row) for row in rows]
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
+    def find_member_by_login(self, login_key: str) -> Member | None:
+        """The member whose folded login ID is *login_key*, or ``None``.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        if not _encodable(login_key):
+            return None
+        rows = self._db.select(_MEMBER_SELECT + "WHERE login_key = ?", (login_key,))
+        return schema.member_from_row(rows[0]) if rows else None
+
+    # credentials -------------------------------------------------------------
+
+    def get_credentials(self, member_ids: Collection[str]) -> dict[str, Credential]:
+        """The stored credentials of these members; a shared one carries its plan's hash.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        rows = self._db.select(
+            _CREDENTIAL_SELECT,
+            (_id_list(member_ids),),
+        )
+        return {
+            row[0]: Credential(
+                member_id=row[0],
+                password_hash=row[1],
+                must_change=bool(row[2]),
+                generation=row[3],
+                changed_at=from_iso(row[4]),
+                not_before=_parse(row[5]),
+                shared_plan_id=row[6],
+            )
+            for row in rows
+        }
+
+    @staticmethod
+    def _generation(conn: sqlite3.Connection, member_id: str) -> int:
+        row = conn.execute(
+            "SELECT generation FROM credentials WHERE member_id = ?", (member_id,)
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def write_credential(
+        self, write: CredentialWrite, *, expected_generation: int, audit: AuditEvent
+    ) -> bool:
+        """Store a new credential if the member's generation is still *expected_generation*.
+
+        Also revokes the member's live tokens and appends *audit*, in the
+        same transaction.
+
+        Returns:
+            ``False`` (nothing written) when the generation moved on.
+
+        Raises:
+            StorageError: SQLite failed; nothing is written.
+        """
+        with self._db.write() as conn:
+            if self._generation(conn, write.member_id) != expected_generation:
+                return False
+            conn.execute(_CREDENTIAL_UPSERT, _credential_params(write))
+            conn.execute(_REVOKE_TOKENS, (to_iso(write.at), write.member_id, None))
+            conn.execute(_INSERT_AUDIT, _audit_params(audit))
+            return True
+
+    def rehash_credential(self, member_id: str, generation: int, password_hash: str) -> None:
+        """Give the member their own credential with *password_hash*, if still at *generation*.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE credentials SET password_hash = ?, shared_plan_id = NULL "
+                "WHERE member_id = ? AND generation = ?",
+                (password_hash, member_id, generation),
+            )
+
+    # plans -------------------------------------------------------------------
+
+    def save_plan(self, record: PlanRecord, audit: AuditEvent) -> None:
+        """Keep a plan (as JSON) with its secrets, and append *audit*.
+
+        Raises:
+            StorageError: SQLite failed; nothing is written.
+        """
+        body = schema.plan_to_json(record.plan)
+        with self._db.write() as conn:
+            conn.execute(
+                """
+                INSERT INTO plans
+                    (plan_id, body, password_hash, password, token_key, started_at, finished_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (plan_id) DO UPDATE SET
+                    body = excluded.body,
+                    password_hash = excluded.password_hash,
+                    password = excluded.password,
+                    token_key = excluded.token_key,
+                    started_at = excluded.started_at,
+                    finished_at = excluded.finished_at
+                """,
+                (
+                    record.plan.plan_id,
+                    body,
+                    record.password_hash,
+                    record.password,
+                    record.token_key,
+                    _time(record.started_at),
+                    _time(record.finished_at),
+                ),
+            )
+            conn.execute(_INSERT_AUDIT, _audit_params(audit))
+        self._parsed = (body, record.plan)
+
+    def load_plan(self, plan_id: str) -> PlanRecord | None:
+        """The stored plan, or ``None``.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        if not _encodable(plan_id):
+            return None
+        rows = self._db.select(
+            "SELECT body, password_hash, password, token_key, started_at, finished_at "
+            "FROM plans WHERE plan_id = ?",
+            (plan_id,),
+        )
+        if not rows:
+            return None
+        body, password_hash, password, token_key, started_at, finished_at = rows[0]
+        return PlanRecord(
+            self._parse_plan(body),
+            password_hash=password_hash,
+            password=password,
+            token_key=None if token_key is None else bytes(token_key),
+            started_at=_parse(started_at),
+            finished_at=_parse(finished_at),
+        )
+
+    def _parse_plan(self, body: str) -> ResetPlan:
+        parsed = self._parsed
+        if parsed is not None and parsed[0] == body:
+            return parsed[1]
+        plan = schema.plan_from_json(body)
+        self._parsed = (body, plan)
+        return plan
+
+    def claim_plan(self, plan_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the plan's apply lease for *owner* until *until*, atomically across processes.
+
+        Succeeds when the lease is free, expired, or already *owner*'s, and
+        sets ``started_at = now`` the first time.
+
+        Returns:
+            ``False`` while someone else holds the lease.
+
+        Raises:
+            PlanNotFoundError: no such plan.
+            StorageError: SQLite failed.
+        """
+        stamp = to_iso(now)
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                """
+                UPDATE plans SET lease_owner = ?, lease_until = ?,
+                                 started_at = COALESCE(started_at, ?)
+                WHERE plan_id = ?
+                  AND (lease_owner IS NULL OR lease_owner = ? OR lease_until <= ?)
+                """,
+                (owner, to_iso(until), stamp, plan_id, owner, stamp),
+            )
+            if cursor.rowcount == 1:
+                return True
+            if conn.execute("SELECT 1 FROM plans WHERE plan_id = ?", (plan_id,)).fetchone():
+                return False
+            raise PlanNotFoundError(plan_id)
+
+    def release_plan(
+        self, plan_id: str, owner: str, *, finished_at: datetime | None, erase_secrets: bool
+    ) -> None:
+        """Give up *owner*'s lease; record completion; erase the plain password and token key.
+
+        The plan's password hash stays: members' credentials point to it.
+
+        Raises:
+            PlanNotFoundError: no such plan.
+            StorageError: SQLite failed.
+        """
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                """
+                UPDATE plans SET
+                    lease_owner = CASE WHEN lease_owner = :owner THEN NULL ELSE lease_owner END,
+                    lease_until = CASE WHEN lease_owner = :owner THEN NULL ELSE lease_until END,
+                    finished_at = COALESCE(:finished, finished_at),
+                    password = CASE WHEN :erase THEN NULL ELSE password END,
+                    token_key = CASE WHEN :erase THEN NULL ELSE token_key END
+                WHERE plan_id = :plan
+                """,
+                {
+                    "owner": owner,
+                    "finished": _time(finished_at),
+                    "erase": int(erase_secrets),
+                    "plan": plan_id,
+                },
+            )
+            if cursor.rowcount != 1:
+                raise PlanNotFoundError(plan_id)
+
+    # apply -------------------------------------------------------------------
+
+    def get_progress(self, plan_id: str) -> dict[str, MemberOutcome]:
+        """The recorded per-member progress of a plan, by member ID.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        if not _encodable(plan_id):
+            return {}
+        rows = self._db.select(
+            "SELECT member_id, outcome, reason, sessions_revoked, notified, login_id, at, "
+            "attempted_at FROM progress WHERE plan_id = ?",
+            (plan_id,),
+        )
+        return {
+            row[0]: MemberOutcome(
+                row[0],
+                Outcome(row[1]),
+                row[2],
+                sessions_revoked=bool(row[3]),
+                notified=bool(row[4]),
+                login_id=row[5],
+                at=_parse(row[6]),
+                attempted_at=_parse(row[7]),
+            )
+            for row in rows
+        }
+
+    def commit(self, batch: EffectBatch) -> None:
+        """Write an :class:`~bulkreset.ports.EffectBatch` in one transaction.
+
+        Credentials first; then each token supersedes its member's other live
+        tokens and is inserted (unless its digest is already stored) with the
+        member's generation as it now stands; then progress rows and audit
+        events. Statements run with ``executemany``, so a chunk costs a few
+        round trips, not a few per member.
+
+        Raises:
+            StorageError: SQLite failed; nothing is written.
+        """
+        tokens = batch.tokens
+        with self._db.write() as conn:
+            conn.executemany(_CREDENTIAL_UPSERT, map(_credential_params, batch.credentials))
+            if len({t.member_id for t in tokens}) == len(tokens):
+                conn.executemany(
+                    _REVOKE_TOKENS, ((to_iso(t.issued_at), t.member_id, t.digest) for t in tokens)
+                )
+                conn.executemany(_INSERT_DIGEST, map(self._token_params, tokens))
+            else:  # a member twice: a later token supersedes the earlier one
+                for token in tokens:
+                    conn.execute(
+                        _REVOKE_TOKENS, (to_iso(token.issued_at), token.member_id, token.digest)
+                    )
+                    conn.execute(_INSERT_DIGEST, self._token_params(token))
+            conn.executemany(
+                _PROGRESS_UPSERT, (_progress_params(batch.plan_id, r) for r in batch.progress)
+            )
+            conn.executemany(_INSERT_AUDIT, map(_audit_params, batch.audit))
+
+    @staticmethod
+    def _token_params(token: TokenRecord) -> tuple[object, ...]:
+        return (
+            token.digest,
+            token.member_id,
+            token.plan_id,
+            to_iso(token.issued_at),
+            to_iso(token.expires_at),
+            token.member_id,
+        )
+
+    # tokens ------------------------------------------------------------------
+
+    def find_token(self, digest: str) -> TokenRecord | None:
+        """The token record with this digest, or ``None``.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        if not _encodable(digest):
+            return None
+        rows = self._db.select(
+            "SELECT digest, member_id, plan_id, issued_at, expires_at, generation, used_at, "
+            "revoked_at FROM tokens WHERE digest = ?",
+            (digest,),
+        )
+        return _token_from_row(rows[0]) if rows else None
+
+    def redeem_token(self, digest: str, write: CredentialWrite, audit: AuditEvent) -> bool:
+        """Use a token, write the credential, revoke other tokens, append *audit*: atomically.
+
+        Returns:
+            ``False`` (nothing written) when the token is unknown, used,
+            revoked, or its generation is no longer current.
+
+        Raises:
+            StorageError: SQLite failed; nothing is written.
+        """
+        if not _encodable(digest):
+            return False
+        with self._db.write() as conn:
+            row = conn.execute(
+                "SELECT generation FROM tokens "
+                "WHERE digest = ? AND used_at IS NULL AND revoked_at IS NULL",
+                (digest,),
+            ).fetchone()
+            if row is None or row[0] != self._generation(conn, write.member_id):
+                return False
+            conn.execute(
+                "UPDATE tokens SET used_at = ? WHERE digest = ?", (to_iso(write.at), digest)
+            )
+            conn.execute(_CREDENTIAL_UPSERT, _credential_params(write))
+            conn.execute(_REVOKE_TOKENS, (to_iso(write.at), write.member_id, digest))
+            conn.execute(_INSERT_AUDIT, _audit_params(audit))
+            return True
+
+    # audit -------------------------------------------------------------------
+
+    def audit_events(
+        self, *, plan_id: str | None = None, member_id: str | None = None
+    ) -> list[AuditEvent]:
+        """Audit events, oldest first, optionally only those of one plan or member.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        if not all(v is None or _encodable(v) for v in (plan_id, member_id)):
+            return []
+        clauses: list[str] = []
+        params: list[str] = []
+        if plan_id is not None:
+            clauses.append("plan_id = ?")
+            params.append(plan_id)
+        if member_id is not None:
+            clauses.append("member_id = ?")
+            params.append(member_id)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        rows = self._db.select(
+            "SELECT at, action, actor, plan_id, member_id, detail FROM audit "  # noqa: S608
+            f"{where}ORDER BY seq",
+            params,
+        )
+        return [
+            AuditEvent(
+                at=from_iso(r[0]),
+                action=r[1],
+                actor=r[2],
+                plan_id=r[3],
+                member_id=r[4],
+                detail=r[5],
+            )
+            for r in rows
+        ]
+
+
+# outbox ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DeliveryReport:
+    """What one :meth:`SqliteOutbox.deliver` call did.
+
+    Attributes:
+        delivered: How many notices the transport took.
+        failed: ``(idempotency_key, exception type name)`` per notice whose
+            transport call raised; they stay pending. Never a message (it
+            could quote a secret).
+    """
+
+    delivered: int = 0
+    failed: tuple[tuple[str, str], ...] = ()
+
+
+_NOTICE_SELECT = (
+    "SELECT member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,"
+    " issued_at, plan_id, name FROM outbox "
+)
+
+_OUTBOX_INSERT = """
+INSERT OR IGNORE INTO outbox
+    (member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,
+     issued_at, plan_id, name, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def _notice_from_row(row: Sequence[Any]) -> Notice:
+    return Notice(
+        member_id=row[0],
+        kind=NoticeKind(row[1]),
+        token=row[2],
+        password=row[3],
+        expires_at=_parse(row[4]),
+        idempotency_key=row[5],
+        recipient=row[6],
+        actor=row[7],
+        issued_at=_parse(row[8]),
+        plan_id=row[9],
+        name=row[10],
+    )
+
+
+class SqliteOutbox:
+    """The :class:`~bulkreset.ports.Notifier` port as an outbox table in the store's file.
+
+    :meth:`send` only records notices (a transactional outbox); :meth:`deliver`
+    hands them to a transport (SMTP, SMS, a host's queue) and then erases
+    their token and password (SPEC §5). A notice whose idempotency key the
+    outbox already holds is ignored, so a resumed apply never queues a
+    notice twice, and a delivered key is never delivered again.
+    Thread-safe; shares the store's connection.
+
+    Args:
+        store: The :class:`SqliteStorage` whose file holds the outbox.
+        clock: Dates rows and deliveries; defaults to the system clock.
+    """
+
+    def __init__(self, store: SqliteStorage, *, clock: Clock | None = None) -> None:
+        self._db = store._db
+        self._clock = clock or system_clock
+
+    def __repr__(self) -> str:
+        rows = self._db.select("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")
+        return f"<SqliteOutbox {rows[0][0]} pending>"
+
+    def send(self, notices: Sequence[Notice]) -> None:
+        """Queue *notices*, in one transaction; a key already held is ignored.
+
+        A notice with an empty ``idempotency_key`` gets a random one.
+
+        Raises:
+            StorageError: SQLite failed; nothing is queued.
+        """
+        now = to_iso(read_clock(self._clock))
+        rows = [
+            (
+                n.member_id,
+                n.kind.value,
+                n.token,
+                n.password,
+                _time(n.expires_at),
+                n.idempotency_key or f"auto:{secrets.token_hex(16)}",
+                n.recipient,
+                n.actor,
+                _time(n.issued_at),
+                n.plan_id,
+                n.name,
+                now,
+            )
+            for n in notices
+        ]
+        with self._db.write() as conn:
+            conn.executemany(
+                _OUTBOX_INSERT,
+                rows,
+            )
+
+    def pending(self) -> list[Notice]:
+        """Notices not yet delivered, oldest first, with their token or password.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        rows = self._db.select(_NOTICE_SELECT + "WHERE delivered_at IS NULL ORDER BY seq")
+        return [_notice_from_row(r) for r in rows]
+
+    def delivered(self) -> list[Notice]:
+        """Delivered notices, oldest first; their token and password are erased.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        rows = self._db.select(_NOTICE_SELECT + "WHERE delivered_at IS NOT NULL ORDER BY seq")
+        return [_notice_from_row(r) for r in rows]
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every outbox row without its secrets, oldest first (for the command line).
+
+        Returns:
+            One dict per notice: ``key``, ``member_id``, ``kind``,
+            ``recipient``, ``created_at`` and ``delivered_at`` (aware
+            datetimes, or ``None``), ``attempts``, ``last_error`` (an
+            exception type name, or ``None``) and ``status`` (``"pending"``,
+            ``"failed"`` — pending after a failed attempt — or ``"delivered"``).
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        rows = self._db.select(
+            "SELECT idempotency_key, member_id, kind, recipient, created_at, delivered_at, "
+            "attempts, last_error FROM outbox ORDER BY seq"
+        )
+        return [
+            {
+                "key": r[0],
+                "member_id": r[1],
+                "kind": r[2],
+                "recipient": r[3],
+                "created_at": from_iso(r[4]),
+                "delivered_at": _parse(r[5]),
+                "attempts": r[6],
+                "last_error": r[7],
+                "status": "delivered" if r[5] is not None else "failed" if r[6] else "pending",
+            }
+            for r in rows
+        ]
+
+    def deliver(self, transport: Transport, *, limit: int | None = None) -> DeliveryReport:
+        """Hand pending notices to *transport*, oldest first, one at a time.
+
+        Before each call the row is claimed for a few minutes, so another
+        process delivering the same outbox skips it. After the transport
+        returns, one transaction marks the notice delivered and erases its
+        token and password; it is never delivered again. When the transport
+        raises (any :class:`Exception`), the notice stays pending with
+        ``attempts`` raised by one and the exception's type recorded.
+
+        Args:
+            transport: Called with each :class:`~bulkreset.Notice`.
+            limit: Deliver at most this many notices (default: all pending).
+
+        Returns:
+            A :class:`DeliveryReport`.
+
+        Raises:
+            InvalidInputError: *limit* is negative.
+            StorageError: SQLite failed.
+        """
+        if limit is not None and limit < 0:
+            raise InvalidInputError("limit must not be negative")
+        now = read_clock(self._clock)
+        rows = self._db.select(
+            _NOTICE_SELECT.replace("SELECT ", "SELECT seq, ", 1)
+            + "WHERE delivered_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            "ORDER BY seq LIMIT ?",
+            (to_iso(now), -1 if limit is None else limit),
+        )
+        delivered = 0
+        failed: list[tuple[str, str]] = []
+        for row in rows:
+            seq, notice = row[0], _notice_from_row(row[1:])
+            if not self._claim(seq):
+                continue
+            try:
+                transport(notice)
+            except Exception as exc:
+                self._record_failure(seq, type(exc).__name__)
+                failed.append((notice.idempotency_key, type(exc).__name__))
+                continue
+            except BaseException:
+                self._record_failure(seq, None)
+                raise
+            with self._db.write() as conn:
+                conn.execute(
+                    "UPDATE outbox SET delivered_at = ?, token = NULL, password = NULL, "
+                    "next_attempt_at = NULL, last_error = NULL WHERE seq = ?",
+                    (to_iso(read_clock(self._clock)), seq),
+                )
+            delivered += 1
+        return DeliveryReport(delivered, tuple(failed))
+
+    def _claim(self, seq: int) -> bool:
+        now = read_clock(self._clock)
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE seq = ? AND delivered_at IS NULL "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+                (to_iso(now + _DELIVERY_LEASE), seq, to_iso(now)),
+            )
+            return cursor.rowcount == 1
+
+    def _record_failure(self, seq: int, error: str | None) -> None:
+        with self._db.write() as conn:
+            if error is None:  # interrupted: release the claim, count nothing
+                conn.execute("UPDATE outbox SET next_attempt_at = NULL WHERE seq = ?", (seq,))
+            else:
+                conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
+                    "next_attempt_at = NULL WHERE seq = ?",
+                    (error, seq),
+                )
+
+
+# sessions ----------------------------------------------------------------------
+
+
+class SqliteSessions:
+    """The :class:`~bulkreset.ports.SessionStore` port as a sessions table.
+
+    Also opens sessions (:meth:`create`) and answers :meth:`is_active`, so a
+    host without its own session store (or a test) can use it whole.
+    Thread-safe; shares the store's connection.
+
+    Args:
+        store: The :class:`SqliteStorage` whose file holds the sessions.
+        clock: Dates new sessions and revocations; defaults to the system clock.
+    """
+
+    def __init__(self, store: SqliteStorage, *, clock: Clock | None = None) -> None:
+        self._db = store._db
+        self._clock = clock or system_clock
+
+    def __repr__(self) -> str:
+        rows = self._db.select("SELECT count(*) FROM sessions WHERE revoked_at IS NULL")
+        return f"<SqliteSessions {rows[0][0]} active>"
+
+    def create(self, member_id: str) -> str:
+        """Open a session for *member_id*, issued now.
+
+        Returns:
+            The session ID (128 random bits from :mod:`secrets`, URL-safe).
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        session_id = secrets.token_urlsafe(16)
+        issued = to_iso(read_clock(self._clock))
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO sessions (session_id, member_id, issued_at) VALUES (?, ?, ?)",
+                (session_id, member_id, issued),
+            )
+        return session_id
+
+    def is_active(self, session_id: str) -> bool:
+        """True while the session exists and was not revoked.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        if not _encodable(session_id):
+            return False
+        rows = self._db.select(
+            "SELECT 1 FROM sessions WHERE session_id = ? AND revoked_at IS NULL", (session_id,)
+        )
+        return bool(rows)
+
+    def revoke(self, member_ids: Sequence[str], issued_before: datetime) -> None:
+        """End every session of these members issued at or before *issued_before*.
+
+        Raises:
+            InvalidInputError: *issued_before* is naive.
+            StorageError: SQLite failed; nothing is revoked.
+        """
+        cutoff = to_iso(to_utc(issued_before, what="issued_before"))
+        now = to_iso(read_clock(self._clock))
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE sessions SET revoked_at = ? WHERE revoked_at IS NULL "
+                "AND member_id IN (SELECT value FROM json_each(?)) AND issued_at <= ?",
+                (now, _id_list(member_ids), cutoff),
+            )
+
+
+def open_service(
+    path: str | os.PathLike[str],
+    *,
+    clock: Clock | None = None,
+    hasher: argon2.PasswordHasher | None = None,
+    **options: Any,
+) -> ResetService:
+    """A :class:`~bulkreset.ResetService` over one SQLite file (created or migrated).
+
+    Args:
+        path: The database file.
+        clock: See :class:`~bulkreset.ResetService`; also dates sessions and
+            outbox rows.
+        hasher: See :class:`~bulkreset.ResetService`.
+        options: Passed on to :class:`~bulkreset.ResetService`.
+
+    Returns:
+        The service: ``.store`` is a :class:`SqliteStorage` (with
+        ``add_members``), ``.notifier`` a :class:`SqliteOutbox` (``pending()``,
+        ``deliver(transport)``), ``.sessions`` a :class:`SqliteSessions`
+        (``create()``, ``is_active()``). Close it with ``service.store.close()``.
+
+    Raises:
+        StorageError: the file cannot be opened as a bulkreset database.
+        InvalidInputError: bad *options*.
+    """
+    store = SqliteStorage(path)
+    try:
+        return ResetService(
+            store,
+            SqliteOutbox(store, clock=clock),
+            SqliteSessions(store, clock=clock),
+            hasher=hasher,
+            clock=clock,
+            **options,
+        )
+    except BaseException:
+        store.close()
+        raise
+
+
+if TYPE_CHECKING:
+    from ..ports import Notifier, SessionStore, Storage
+
+    def _conforms(store: SqliteStorage) -> tuple[Storage, Notifier, SessionStore]:
+        return store, SqliteOutbox(store), SqliteSessions(store)
