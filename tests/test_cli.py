@@ -1097,3 +1097,31 @@ def test_end_to_end_demo(tmp_path: Path) -> None:
     finished = _command("demo", cwd=tmp_path)
     assert (0, "") == (finished.returncode, finished.stderr)
     assert "must_change_password=True" in finished.stdout
+
+
+def test_no_secret_reaches_any_output_report_or_listing(
+    run: Run, db: str, tmp_path: Path, service: ResetService
+) -> None:
+    """Passwords and tokens appear in no stdout, stderr, report or outbox listing."""
+    outputs: list[str] = []
+    code, out, err = run(
+        "--db", db, "plan", "--actor", "admin", "--mode", "force", "--all", "--password-stdin",
+        "--then-request", "--deliver-password", stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    outputs += [out, err]
+    plan_id = next(w for w in out.split() if w.startswith("plan-")).rstrip(":")
+    plan = service.load_plan(plan_id)
+    for report in (tmp_path / "r.csv", tmp_path / "r.json"):
+        code, out, err = run(
+            "--db", db, "apply", plan_id, "--confirm", plan.confirmation, "--report", str(report)
+        )
+        assert 0 == code
+        outputs += [out, err, report.read_text(encoding="utf-8")]
+    for args in (["outbox"], ["outbox", "--json"]):
+        outputs += list(run("--db", db, *args)[1:])
+    pending = service.notifier.pending()  # type: ignore[attr-defined]
+    tokens = [n.token for n in pending if n.token]
+    assert tokens  # the outbox does hold them, for delivery
+    assert [PASSWORD] == list({n.password for n in pending if n.password})
+    text = "\n".join(outputs)
+    assert [] == [s[:8] for s in [PASSWORD, *tokens] if s in text]
