@@ -103,6 +103,8 @@ def test_r8_every_selected_id_is_reported_once_with_a_reason(service: ResetServi
     assert sorted(set(MEMBERS)) == sorted(result.outcomes)
     assert 6 == result.count(Outcome.EXCLUDED)
     assert "no_password" == result.outcomes["q1"].reason
+    assert "quick@corp.example" == result.outcomes["q1"].login_id
+    assert "" == result.outcomes["nobody"].login_id
 
 
 def test_all_selects_the_whole_directory(service: ResetService) -> None:

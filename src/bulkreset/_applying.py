@@ -356,10 +356,16 @@ class ApplyRun:
             outcomes[member.member_id] = self.rows.get(member.member_id) or MemberOutcome(
                 member.member_id, Outcome.FAILED, "not applied", login_id=member.login_id
             )
-        for exclusion in self.plan.excluded:
-            outcomes[exclusion.member_id] = MemberOutcome(
-                exclusion.member_id, Outcome.EXCLUDED, exclusion.reason.value
-            )
+        for part in chunks(self.plan.excluded, self.service._chunk_size):
+            known = self.store.get_members([e.member_id for e in part])
+            for exclusion in part:
+                found = known.get(exclusion.member_id)
+                outcomes[exclusion.member_id] = MemberOutcome(
+                    exclusion.member_id,
+                    Outcome.EXCLUDED,
+                    exclusion.reason.value,
+                    login_id=found.login_id if found else "",
+                )
         # The plan's secrets may go once no member can need them again.
         self.all_notified = all(
             o.notified
