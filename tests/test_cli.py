@@ -928,6 +928,7 @@ def test_notice_email_defaults() -> None:
     )
     reset = cli.notice_email(Notice("m", NoticeKind.PASSWORD_RESET, recipient="x@y"), sender="a@b")
     assert "just now" in reset.get_content()
+    assert reset["Date"]  # RFC 5322 requires one
 
 
 # ---------------------------------------------------------------------- demo

@@ -24,6 +24,7 @@ A rejected command writes nothing.
 from __future__ import annotations
 
 import argparse
+import email.utils
 import getpass
 import hashlib
 import json
@@ -38,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ._clock import system_clock
 from ._importing import FORMATS, load_members
 from ._model import (
     ALL,
@@ -574,6 +576,7 @@ def notice_email(notice: Notice, *, sender: str, reset_url: str | None = None) -
     message["From"] = sender
     message["To"] = notice.recipient
     message["Message-ID"] = message_id(notice, sender)
+    message["Date"] = email.utils.format_datetime(notice.issued_at or system_clock())
     hello = f"Hello {notice.name}," if notice.name else "Hello,"
     when = f"{notice.issued_at:%Y-%m-%d %H:%M} UTC" if notice.issued_at else "just now"
     if notice.kind is NoticeKind.PASSWORD_RESET:
