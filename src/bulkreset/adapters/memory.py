@@ -11,7 +11,7 @@ import secrets
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import argon2
 import attrs
@@ -20,7 +20,16 @@ from .._clock import Clock, read_clock, system_clock
 from .._model import AuditEvent, Member, MemberOutcome, Notice
 from .._service import ResetService
 from ..errors import InvalidInputError
-from ..ports import Credential, CredentialWrite, EffectBatch, PlanRecord, TokenRecord
+from ..ports import (
+    Credential,
+    CredentialWrite,
+    EffectBatch,
+    Notifier,
+    PlanRecord,
+    SessionStore,
+    Storage,
+    TokenRecord,
+)
 
 __all__ = ["MemoryNotifier", "MemorySessions", "MemoryStorage", "open_service"]
 
@@ -331,3 +340,9 @@ def open_service(
         clock=clock,
         **options,
     )
+
+
+if TYPE_CHECKING:  # mypy proves that each adapter satisfies its port
+
+    def _conforms() -> tuple[Storage, Notifier, SessionStore]:
+        return MemoryStorage(), MemoryNotifier(), MemorySessions()
