@@ -514,6 +514,18 @@ def test_plan_selection_by_members_file(run: Run, db: str, tmp_path: Path) -> No
     )
 
 
+def test_plan_members_file_must_be_utf8(run: Run, db: str, tmp_path: Path) -> None:
+    """A --members-file that is not UTF-8 is a one-line error, exit 2."""
+    selection = tmp_path / "ids.txt"
+    selection.write_bytes(b"m1\n\xff\n")
+    code, _, err = run(
+        "--db", db, "plan", "--actor", "admin", "--mode", "request",
+        "--members-file", str(selection),
+    )  # fmt: skip
+    assert 2 == code
+    assert "not UTF-8" in one_line_error(err)
+
+
 def test_plan_empty_selection_is_refused(run: Run, db: str) -> None:
     """--members naming no ID: exit 2."""
     code, _, err = run(
@@ -690,10 +702,12 @@ def test_progress_bar_with_no_targets() -> None:
     assert "[" + "#" * bar.WIDTH + "] 0/0\n" == terminal.getvalue().split("applying ")[1]
 
 
-def test_apply_bad_report_suffix_applies_nothing(
-    run: Run, db: str, tmp_path: Path, service: ResetService
+@pytest.mark.parametrize("name", ["r.xlsx", "folder.csv"])
+def test_apply_bad_report_path_applies_nothing(
+    run: Run, db: str, tmp_path: Path, service: ResetService, name: str
 ) -> None:
-    """A report name that is not .csv or .json is refused before anything changes."""
+    """A report name that is not .csv/.json, or a directory, is refused before anything changes."""
+    (tmp_path / "folder.csv").mkdir()
     plan = _plan(run, db)
     code, _, err = run(
         "--db",
@@ -703,7 +717,7 @@ def test_apply_bad_report_suffix_applies_nothing(
         "--confirm",
         plan["confirmation"],
         "--report",
-        str(tmp_path / "r.xlsx"),
+        str(tmp_path / name),
     )
     assert 2 == code
     one_line_error(err)

@@ -160,7 +160,7 @@ def test_a_bad_force_password_is_refused_and_nothing_is_kept(service: ResetServi
     assert [] == service.audit_events()
 
 
-@pytest.mark.parametrize("selection", ["m1", ["m1", 7], [b"m1"], ["m\x00"]])
+@pytest.mark.parametrize("selection", ["m1", ["m1", 7], [b"m1"], ["m\x00"], None, 5])
 def test_a_malformed_selection_is_refused(service: ResetService, selection: Any) -> None:
     """A bare string or a non-ID item is an InvalidInputError, and nothing is kept."""
     with pytest.raises(InvalidInputError):
@@ -804,3 +804,46 @@ def test_a_member_renamed_twice_in_one_batch_keeps_only_the_last_login(
     found = service.store.find_member_by_login("third@x")
     assert found is not None
     assert "m9" == found.member_id
+
+
+def test_a_long_apply_renews_its_lease(make_service: ServiceFactory, clock: FakeClock) -> None:
+    """The lease is renewed per chunk, so a slow apply is not taken over mid-way."""
+    service = make_service(chunk_size=1)
+    plan = service.plan(["m1", "m2", "m3"], force(), actor="admin")
+    rivals: list[bool] = []
+
+    def slow(done: int, total: int) -> None:
+        clock.advance(minutes=1.5)  # each chunk takes longer than half the lease
+        rivals.append(service.store.claim_plan(plan.plan_id, "rival", clock(), clock()))
+
+    result = service.apply(plan, confirm=plan.confirmation, progress=slow)
+    assert [False, False, False] == rivals
+    assert 3 == result.count(Outcome.RESET)
+
+
+def test_an_apply_that_lost_its_lease_stops(make_service: ServiceFactory, clock: FakeClock) -> None:
+    """When another apply took the plan over, this one stops at its next chunk."""
+    service = make_service(chunk_size=1)
+    plan = service.plan(["m1", "m2"], force(), actor="admin")
+
+    def stalled(done: int, total: int) -> None:
+        clock.advance(minutes=3)
+        assert service.store.claim_plan(
+            plan.plan_id, "rival", clock(), clock() + timedelta(minutes=2)
+        )
+
+    with pytest.raises(PlanInProgressError, match="taken over"):
+        service.apply(plan, confirm=plan.confirmation, progress=stalled)
+    assert ["m1"] == list(service.store.get_credentials(["m1", "m2"]))
+
+
+def test_re_applying_a_finished_plan_keeps_its_first_completion_time(
+    service: ResetService, clock: FakeClock
+) -> None:
+    """Applying a finished plan again changes nothing stored, not even the finish time."""
+    plan, _ = run(service, ["m1"], force())
+    finished = service.store.load_plan(plan.plan_id).finished_at  # type: ignore[union-attr]
+    assert finished is not None
+    clock.advance(60)
+    service.apply(plan, confirm=plan.confirmation)
+    assert finished == service.store.load_plan(plan.plan_id).finished_at  # type: ignore[union-attr]

@@ -756,3 +756,15 @@ def test_reprs_hold_no_secret(svc: ResetService) -> None:
     assert "<SqliteSessions 1 active>" in text
     assert "tok-x" not in text
     assert "$argon2" not in text
+
+
+def test_another_applications_database_is_left_alone(tmp_path: Path) -> None:
+    """A versionless file that already has tables is refused, untouched (no schema, no WAL)."""
+    path = tmp_path / "theirs.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER)")
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="another application"):
+        open_service(path)
+    assert before == path.read_bytes()
+    assert not (tmp_path / "theirs.db-wal").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 import attrs
@@ -27,17 +27,22 @@ from ._model import (
     ResetResult,
 )
 from ._tokens import derive_token, token_digest
-from .errors import InvalidTokenError
+from .errors import InvalidTokenError, PlanInProgressError
 from .ports import CredentialWrite, EffectBatch, PlanRecord, TokenRecord
 
 if TYPE_CHECKING:
     from ._service import ProgressCallback, ResetService
 
-__all__ = ["ApplyRun", "chunks", "describe"]
+__all__ = ["LEASE", "MAX_RETRY_DELAY", "ApplyRun", "chunks", "describe"]
 
 log = logging.getLogger("bulkreset")
 
 T = TypeVar("T")
+
+LEASE = timedelta(minutes=2)
+"""How long an apply's claim on its plan lasts; renewed after every chunk."""
+MAX_RETRY_DELAY = 30.0
+"""Longest wait between session revocation retries, in seconds."""
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -57,9 +62,15 @@ class ApplyRun:
     """One apply of one plan: the state that lives only for that call."""
 
     def __init__(
-        self, service: ResetService, record: PlanRecord, progress: ProgressCallback | None
+        self,
+        service: ResetService,
+        record: PlanRecord,
+        progress: ProgressCallback | None,
+        *,
+        owner: str,
     ) -> None:
         self.service = service
+        self.owner = owner
         self.store = service.store
         self.record = record
         self.plan = record.plan
@@ -82,6 +93,7 @@ class ApplyRun:
         total = len(targets)
         done = 0
         for chunk in chunks(targets, self.service._chunk_size):
+            self._renew_lease()
             self._store_effects(chunk)
             ids = [m.member_id for m in chunk]
             if self.force:
@@ -93,6 +105,14 @@ class ApplyRun:
         if self.force:
             self._retry_revocations()
         return self._result()
+
+    def _renew_lease(self) -> None:
+        """Keep this apply's claim on the plan; stop if another apply took it over."""
+        now = self.service._now()
+        if not self.store.claim_plan(self.plan.plan_id, self.owner, now, now + LEASE):
+            raise PlanInProgressError(
+                f"plan {self.plan.plan_id} was taken over by another apply; this one stopped"
+            )
 
     # effects --------------------------------------------------------------
 
@@ -268,7 +288,8 @@ class ApplyRun:
                 return
             wait = min(delay, (deadline - now).total_seconds())
             self.service._sleep(wait)
-            delay *= 2
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+            self._renew_lease()
             self._revoke([r.member_id for r in pending])
 
     # notices ----------------------------------------------------------------

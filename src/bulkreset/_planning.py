@@ -75,8 +75,14 @@ def dedupe_selection(selection: Iterable[object]) -> list[str]:
     """
     if isinstance(selection, (str, bytes)):
         raise InvalidInputError("selection must be an iterable of member IDs, not one string")
+    try:
+        items = iter(selection)
+    except TypeError:
+        raise InvalidInputError(
+            f"selection must be an iterable of member IDs or ALL, not {type(selection).__name__}"
+        ) from None
     seen: dict[str, None] = {}
-    for item in selection:
+    for item in items:
         check_text(item, what="a selected member ID", limit=MAX_ID_LENGTH, required=True)
         seen.setdefault(item, None)  # type: ignore[call-overload]
     return list(seen)

@@ -80,14 +80,16 @@ def check_report_path(path: str | Path) -> Path:
     out before anything changes.
 
     Raises:
-        InvalidInputError: the suffix is not ``.csv`` or ``.json``, or the
-            directory does not exist.
+        InvalidInputError: the suffix is not ``.csv`` or ``.json``, the
+            directory does not exist, or *path* is itself a directory.
     """
     target = Path(path)
     if target.suffix.lower() not in SUFFIXES:
         raise InvalidInputError(f"the report must end in .csv or .json, not {target.name!r:.80}")
     if not target.parent.is_dir():
         raise InvalidInputError(f"no directory {str(target.parent)!r:.120} for the report")
+    if target.is_dir():
+        raise InvalidInputError(f"{str(target)!r:.120} is a directory, not a report file")
     return target
 
 

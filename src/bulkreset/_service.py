@@ -6,13 +6,13 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import _planning
-from ._applying import ApplyRun, chunks
+from ._applying import LEASE, ApplyRun, chunks
 from ._clock import Clock, read_clock, system_clock, to_utc
 from ._model import (
     ALL,
@@ -59,7 +59,6 @@ ProgressCallback = Callable[[int, int], None]
 AuditSink = Callable[[AuditEvent], None]
 
 
-_LEASE = timedelta(minutes=10)
 _MAX_LOGIN_LENGTH = 1024
 
 
@@ -281,7 +280,9 @@ class ResetService:
             PlanNotFoundError: the store has no such plan.
             ConfirmationError: *confirm* is missing or wrong (R7).
             StalePlanError: the plan never started and ``plan_ttl`` has passed.
-            PlanInProgressError: another apply of this plan is running.
+            PlanInProgressError: another apply of this plan is running (it holds
+                a lease of 2 minutes, renewed after every chunk, so the lock of a
+                crashed apply lapses within 2 minutes).
             AuthorizationError: the plan's actor is no longer an active administrator.
         """
         record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
@@ -292,13 +293,16 @@ class ResetService:
         if record.started_at is None and now >= record.plan.expires_at:
             raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
         owner = secrets.token_hex(8)
-        if not self.store.claim_plan(record.plan.plan_id, owner, now, now + _LEASE):
-            raise PlanInProgressError(f"plan {record.plan.plan_id} is being applied elsewhere")
+        if not self.store.claim_plan(record.plan.plan_id, owner, now, now + LEASE):
+            raise PlanInProgressError(
+                f"plan {record.plan.plan_id} is being applied elsewhere; if an earlier apply "
+                f"was interrupted, its lock lapses within {LEASE.seconds // 60} minutes"
+            )
         record = self._load_record(record.plan.plan_id)  # started_at as the claim set it
         finished: datetime | None = None
         all_notified = False
         try:
-            run = ApplyRun(self, record, progress)
+            run = ApplyRun(self, record, progress, owner=owner)
             result = run.execute()
             all_notified = run.all_notified
             finished = result.finished_at if not result.unfinished else None

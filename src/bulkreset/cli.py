@@ -320,7 +320,10 @@ def _selection(args: argparse.Namespace) -> Selection:
         ids = [part.strip() for part in args.members.split(",")]
         source = "--members"
     else:
-        text = Path(args.members_file).read_text(encoding="utf-8-sig")
+        try:
+            text = Path(args.members_file).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"{args.members_file!r:.120} is not UTF-8 text") from None
         ids = [line.strip() for line in text.splitlines()]
         ids = [i for i in ids if not i.startswith("#")]
         source = "--members-file"

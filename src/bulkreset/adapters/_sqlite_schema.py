@@ -200,6 +200,23 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> int:
     return found
 
 
+def check_ownership(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a database that holds another application's tables.
+
+    A file with no schema version yet must be empty: bulkreset never adds its
+    tables to (or switches the journal mode of) someone else's database.
+
+    Raises:
+        StorageError: the file is versionless but already has tables.
+        sqlite3.Error: the file is not a database.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise StorageError(
+            f"{path!r} holds another application's tables; bulkreset needs a file of its own"
+        )
+
+
 def _version(conn: sqlite3.Connection) -> int:
     row = conn.execute("PRAGMA user_version").fetchone()
     return int(row[0])

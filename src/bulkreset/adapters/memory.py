@@ -181,8 +181,8 @@ class MemoryStorage:
                 del self._leases[plan_id]
             record = self._plans[plan_id]
             changes: dict[str, Any] = {}
-            if finished_at is not None:
-                changes["finished_at"] = finished_at
+            if finished_at is not None and record.finished_at is None:
+                changes["finished_at"] = finished_at  # the first completion counts
             if erase_secrets:
                 changes.update(password=None, token_key=None)
             self._plans[plan_id] = attrs.evolve(record, **changes)

@@ -115,6 +115,7 @@ class _Database:
             raise StorageError(f"cannot open the SQLite database {self.path!r}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT.total_seconds() * 1000):d}")
+            schema.check_ownership(conn, self.path)  # before anything writes to the file
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -630,7 +631,7 @@ class SqliteStorage:
                 UPDATE plans SET
                     lease_owner = CASE WHEN lease_owner = :owner THEN NULL ELSE lease_owner END,
                     lease_until = CASE WHEN lease_owner = :owner THEN NULL ELSE lease_until END,
-                    finished_at = COALESCE(:finished, finished_at),
+                    finished_at = COALESCE(finished_at, :finished),
                     password = CASE WHEN :erase THEN NULL ELSE password END,
                     token_key = CASE WHEN :erase THEN NULL ELSE token_key END
                 WHERE plan_id = :plan
