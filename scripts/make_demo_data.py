@@ -19,18 +19,11 @@ import sys
 import unicodedata
 from pathlib import Path
 
+from bulkreset._importing import NATIVE_COLUMNS
+
 SEED = 20261130
 OUTPUT = Path(__file__).resolve().parents[1] / "src" / "bulkreset" / "data" / "demo-members.csv"
-COLUMNS = (
-    "member_id",
-    "login_id",
-    "name",
-    "sign_in",
-    "mobile_phone",
-    "personal_email",
-    "status",
-    "role",
-)
+COLUMNS = NATIVE_COLUMNS
 FIRST = ["Ada", "Mina", "Jun", "Sofia", "Liam", "Noah", "Emma", "Hana", "Yuki", "Omar", "Lena"]
 LAST = ["Kim", "Park", "Tanaka", "Garcia", "Smith", "Nguyen", "Silva", "Novak", "Haddad"]
 

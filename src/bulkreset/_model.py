@@ -334,15 +334,7 @@ class ResetPolicy:
     def settings(self) -> PlanSettings:
         """The policy without its password: what a stored plan keeps."""
         return PlanSettings(
-            mode=self.mode,
-            require_change_at_next_login=self.require_change_at_next_login,
-            follow_with_request=self.follow_with_request,
-            deliver_password=self.deliver_password,
-            session_deadline=self.session_deadline,
-            request_ttl=self.request_ttl,
-            include_actor=self.include_actor,
-            include_suspended=self.include_suspended,
-            plan_ttl=self.plan_ttl,
+            **{field.name: getattr(self, field.name) for field in attrs.fields(PlanSettings)}
         )
 
 
