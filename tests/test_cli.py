@@ -779,7 +779,7 @@ def test_apply_with_failures_exits_one(
 def test_apply_unfinished_members_are_mentioned(
     run: Run, db: str, monkeypatch: pytest.MonkeyPatch, cheap_hasher: argon2.PasswordHasher
 ) -> None:
-    """Members reset whose notice is not confirmed are reported, and exit stays 0."""
+    """Members reset whose notice is not confirmed are reported, and the exit status is 1."""
     plan = _plan(run, db)
 
     def no_mail(path: Path) -> ResetService:
@@ -793,7 +793,7 @@ def test_apply_unfinished_members_are_mentioned(
 
     monkeypatch.setattr(cli, "_connect", no_mail)
     code, out, _ = run("--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"])
-    assert (0, True) == (code, "not yet confirmed" in out)
+    assert (1, True) == (code, "not yet confirmed" in out)
 
 
 def test_result_document_counts_every_outcome() -> None:

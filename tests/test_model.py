@@ -165,7 +165,7 @@ def test_result_counts_and_failures() -> None:
     assert not result.ok
     with pytest.raises(PartialResetError) as caught:
         result.raise_for_failures()
-    assert ("b",) == caught.value.member_ids
+    assert ("b", "d") == caught.value.member_ids
     assert ["a", "b", "c", "d"] == [o.member_id for o in result]
     assert "failed=1" in repr(result)
     assert "<table>" in result._repr_html_()

@@ -27,7 +27,7 @@ from ._model import (
     ResetResult,
 )
 from ._tokens import derive_token, token_digest
-from .errors import InvalidTokenError, PlanInProgressError
+from .errors import InvalidTokenError, PlanInProgressError, RetryLaterError
 from .ports import CredentialWrite, EffectBatch, PlanRecord, TokenRecord
 
 if TYPE_CHECKING:
@@ -38,6 +38,28 @@ __all__ = ["LEASE", "MAX_RETRY_DELAY", "ApplyRun", "chunks", "describe"]
 log = logging.getLogger("bulkreset")
 
 T = TypeVar("T")
+
+_SESSIONS = "sessions"
+_SESSIONS_PENDING = "sessions not yet revoked"
+_NOTICE = "notice"
+_NOT_DELIVERED = "notice not delivered"
+_DEFERRED = "notice deferred: the notifier asked to retry later"
+
+
+def _parts(reason: str | None) -> list[str]:
+    return [part for part in (reason or "").split("; ") if part]
+
+
+def _with(reason: str | None, part: str) -> str:
+    """*reason* with *part* replacing any earlier part about the same thing."""
+    topic = part.split()[0]
+    return "; ".join([p for p in _parts(reason) if not p.startswith(topic)] + [part])
+
+
+def _without(reason: str | None, topic: str) -> str | None:
+    """*reason* without its parts about *topic* (``"sessions"`` or ``"notice"``)."""
+    return "; ".join(p for p in _parts(reason) if not p.startswith(topic)) or None
+
 
 LEASE = timedelta(minutes=2)
 """How long an apply's claim on its plan lasts; renewed after every chunk."""
@@ -79,6 +101,7 @@ class ApplyRun:
         self.started_at = record.started_at or service._now()
         self.rows: dict[str, MemberOutcome] = self.store.get_progress(self.plan.plan_id)
         self.all_notified = False
+        self.deferred = False  # the notifier asked to retry later: send no more now
 
     @property
     def force(self) -> bool:
@@ -166,11 +189,15 @@ class ApplyRun:
             writes.append((member, row, write, event))
         try:
             self._commit(writes, now)
+        except PlanInProgressError:
+            raise  # another apply holds the plan now: stop, it carries on
         except Exception as exc:  # isolate the failing members, one by one
             log.warning("batch write failed (%s); retrying one by one", type(exc).__name__)
             for one in writes:
                 try:
                     self._commit([one], now)
+                except PlanInProgressError:
+                    raise
                 except Exception as member_exc:
                     failed = MemberOutcome(
                         one[0].member_id,
@@ -198,6 +225,7 @@ class ApplyRun:
             tokens=tuple(tokens),
             progress=tuple(attrs.evolve(row, at=now) for _, row, _, _ in writes),
             audit=tuple(event for *_, event in writes),
+            owner=self.owner,
         )
         self.store.commit(batch)
         self.service._emit(batch.audit)
@@ -231,7 +259,11 @@ class ApplyRun:
         )
 
     def _update(self, rows: Sequence[MemberOutcome], events: Sequence[AuditEvent]) -> None:
-        self.store.commit(EffectBatch(self.plan.plan_id, progress=tuple(rows), audit=tuple(events)))
+        self.store.commit(
+            EffectBatch(
+                self.plan.plan_id, progress=tuple(rows), audit=tuple(events), owner=self.owner
+            )
+        )
         self.service._emit(events)
         for row in rows:
             self.rows[row.member_id] = row
@@ -260,14 +292,17 @@ class ApplyRun:
                 revoked = [r for r in rows if self.service._revoke_quietly([r.member_id], at)]
             if revoked:
                 self._update(
-                    [attrs.evolve(r, sessions_revoked=True, reason=None) for r in revoked],
+                    [
+                        attrs.evolve(r, sessions_revoked=True, reason=_without(r.reason, _SESSIONS))
+                        for r in revoked
+                    ],
                     [self._event("sessions.revoked", r.member_id, now) for r in revoked],
                 )
             failed = {r.member_id for r in rows} - {r.member_id for r in revoked}
             if failed:
                 self._update(
                     [
-                        attrs.evolve(r, reason="sessions not yet revoked", attempted_at=now)
+                        attrs.evolve(r, reason=_with(r.reason, _SESSIONS_PENDING), attempted_at=now)
                         for r in rows
                         if r.member_id in failed
                     ],
@@ -338,35 +373,38 @@ class ApplyRun:
         if not due:
             return
         groups = [(member, row, self._notices(member, row)) for member, row in due]
-        failed: list[tuple[tuple[Member, MemberOutcome, list[Notice]], Exception]] = []
-        try:
-            self.service.notifier.send([n for _, _, notices in groups for n in notices])
-            delivered = groups
-        except Exception:
-            delivered = []
-            for group in groups:  # find who fails; the notifier drops repeated keys
-                try:
-                    self.service.notifier.send(group[2])
-                    delivered.append(group)
-                except Exception as exc:
-                    failed.append((group, exc))
+        delivered: list[tuple[Member, MemberOutcome, list[Notice]]] = []
+        failed: list[tuple[MemberOutcome, str]] = []
+        if self.deferred:
+            failed = [(row, _DEFERRED) for _, row, _ in groups]
+        else:
+            try:
+                self.service.notifier.send([n for _, _, notices in groups for n in notices])
+                delivered = groups
+            except RetryLaterError:
+                self.deferred = True
+                failed = [(row, _DEFERRED) for _, row, _ in groups]
+            except Exception:
+                for index, group in enumerate(groups):  # find who fails
+                    try:
+                        self.service.notifier.send(group[2])
+                        delivered.append(group)
+                    except RetryLaterError:
+                        self.deferred = True
+                        failed += [(row, _DEFERRED) for _, row, _ in groups[index:]]
+                        break
+                    except Exception as exc:
+                        failed.append((group[1], f"{_NOT_DELIVERED} ({describe(exc)})"))
         now = self.service._now()
         rows = [
-            attrs.evolve(
-                row,
-                notified=True,
-                reason=row.reason if row.reason and row.reason.startswith("sessions") else None,
-            )
+            attrs.evolve(row, notified=True, reason=_without(row.reason, _NOTICE))
             for _, row, _ in delivered
         ]
         events = [
             self._event("notice.sent", row.member_id, now, ", ".join(n.kind.value for n in notices))
             for _, row, notices in delivered
         ]
-        rows += [
-            attrs.evolve(row, reason=f"notice not delivered ({describe(exc)})")
-            for (_, row, _), exc in failed
-        ]
+        rows += [attrs.evolve(row, reason=_with(row.reason, why)) for row, why in failed]
         self._update(rows, events)
 
     # result -----------------------------------------------------------------

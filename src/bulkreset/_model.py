@@ -557,18 +557,19 @@ class ResetResult:
 
     @property
     def ok(self) -> bool:
-        """True when no member failed (excluded members are not failures)."""
-        return self.count(Outcome.FAILED) == 0
+        """True when every target is fully done: no failure, no unconfirmed sign-out or notice."""
+        return not self.unfinished
 
     def raise_for_failures(self) -> None:
-        """Raise if any member failed.
+        """Raise if any target failed or is not fully done; never raises on its own.
 
         Raises:
-            PartialResetError: listing the IDs of the members that failed.
+            PartialResetError: listing the IDs of members whose reset failed,
+                whose sessions are not confirmed revoked, or whose notices are
+                not delivered to the notifier (see :attr:`unfinished`).
         """
-        failed = [o.member_id for o in self.outcomes.values() if o.outcome is Outcome.FAILED]
-        if failed:
-            raise PartialResetError(failed)
+        if self.unfinished:
+            raise PartialResetError(self.unfinished)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{o.value}={n}" for o, n in self.counts().items())

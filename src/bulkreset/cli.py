@@ -16,7 +16,8 @@ is prompted for twice without echo, or read from standard input or a file,
 where one trailing line feed is removed and nothing else (a trailing carriage
 return is a control character, and the password rules refuse it).
 
-Exit status: 0 on success, 1 when some members failed, 2 for bad usage or
+Exit status: 0 on success, 1 when some members failed (or are unfinished:
+not yet signed out or notified), 2 for bad usage or
 bad input (one line on standard error, no traceback), 130 when interrupted.
 A rejected command writes nothing.
 """
@@ -537,7 +538,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         _json(result_document(result, report))
     else:
         _print_result(result, plan, report)
-    return 1 if result.count(Outcome.FAILED) else 0
+    return 0 if result.ok else 1  # failed, not signed out, or not notified yet
 
 
 # ---------------------------------------------------------------------- outbox

@@ -14,6 +14,7 @@ The tree::
     ├── InvalidTokenError           unknown, expired, used or superseded reset token
     ├── InvalidCredentialsError     wrong current password
     ├── PartialResetError           raised by ResetResult.raise_for_failures() only
+    ├── RetryLaterError             raised by a notifier that is rate-limited
     └── StorageError                a port's backend failed; the cause is chained
 
 Errors never carry secrets: a :class:`PasswordPolicyError` names the rules a
@@ -39,6 +40,7 @@ __all__ = [
     "PasswordPolicyError",
     "PlanInProgressError",
     "PlanNotFoundError",
+    "RetryLaterError",
     "StalePlanError",
     "StorageError",
 ]
@@ -124,10 +126,12 @@ class InvalidCredentialsError(BulkResetError):
 
 
 class PartialResetError(BulkResetError):
-    """Some members of an apply failed; raised only by ``raise_for_failures()``.
+    """Some members of an apply failed or are unfinished; raised only by
+    ``ResetResult.raise_for_failures()``.
 
     Attributes:
-        member_ids: The IDs of the members whose reset failed or is unfinished.
+        member_ids: The IDs of the members whose reset failed or is unfinished
+            (sessions not confirmed revoked, notices not delivered).
     """
 
     def __init__(self, member_ids: Iterable[str]) -> None:
@@ -135,6 +139,22 @@ class PartialResetError(BulkResetError):
         shown = ", ".join(self.member_ids[:10])
         more = f" and {len(self.member_ids) - 10} more" if len(self.member_ids) > 10 else ""
         super().__init__(f"{len(self.member_ids)} member(s) not fully reset: {shown}{more}")
+
+
+class RetryLaterError(BulkResetError):
+    """Raised by a notifier that cannot take more notices now (a rate limit, back-pressure).
+
+    ``apply`` then stops sending for this run: the notices not yet accepted
+    stay pending, the result names their members (``notified=False``), and
+    applying the plan again later sends only them.
+
+    Attributes:
+        retry_after: Seconds to wait before trying again, if the backend said.
+    """
+
+    def __init__(self, message: str = "retry later", *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class StorageError(BulkResetError):

@@ -143,6 +143,11 @@ class EffectBatch:
             stands after ``credentials`` are written.
         progress: Per-member progress rows to upsert.
         audit: Audit events to append.
+        owner: The apply lease this batch is written under. When set, the
+            store writes nothing and raises
+            :class:`~bulkreset.errors.PlanInProgressError` unless that lease
+            still holds the plan (a fencing token: an apply that lost its
+            lease to another cannot write over its work).
     """
 
     plan_id: str
@@ -150,6 +155,7 @@ class EffectBatch:
     tokens: tuple[TokenRecord, ...] = ()
     progress: tuple[MemberOutcome, ...] = ()
     audit: tuple[AuditEvent, ...] = ()
+    owner: str | None = None
 
 
 @runtime_checkable
@@ -207,7 +213,11 @@ class Storage(Protocol):
         """The recorded per-member progress of a plan, by member ID."""
 
     def commit(self, batch: EffectBatch) -> None:
-        """Write an :class:`EffectBatch` atomically."""
+        """Write an :class:`EffectBatch` atomically.
+
+        Raises:
+            PlanInProgressError: ``batch.owner`` no longer holds the plan's lease.
+        """
 
     def find_token(self, digest: str) -> TokenRecord | None:
         """The token record with this digest, or ``None``."""

@@ -19,7 +19,7 @@ import attrs
 from .._clock import Clock, read_clock, system_clock
 from .._model import AuditEvent, Member, MemberOutcome, Notice
 from .._service import ResetService
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PlanInProgressError
 from ..ports import (
     Credential,
     CredentialWrite,
@@ -195,6 +195,9 @@ class MemoryStorage:
 
     def commit(self, batch: EffectBatch) -> None:
         with self._lock:
+            holder = self._leases.get(batch.plan_id, ("",))[0]
+            if batch.owner is not None and holder != batch.owner:
+                raise PlanInProgressError(f"plan {batch.plan_id} is held by another apply")
             for write in batch.credentials:
                 self._write(write)
             for token in batch.tokens:

@@ -48,7 +48,7 @@ from .._model import (
     ResetPlan,
 )
 from .._service import ResetService
-from ..errors import InvalidInputError, PlanNotFoundError, StorageError
+from ..errors import InvalidInputError, PlanInProgressError, PlanNotFoundError, StorageError
 from ..ports import Credential, CredentialWrite, EffectBatch, PlanRecord, TokenRecord
 from . import _sqlite_schema as schema
 
@@ -685,10 +685,17 @@ class SqliteStorage:
         round trips, not a few per member.
 
         Raises:
+            PlanInProgressError: ``batch.owner`` no longer holds the plan's lease.
             StorageError: SQLite failed; nothing is written.
         """
         tokens = batch.tokens
         with self._db.write() as conn:
+            if batch.owner is not None:
+                holder = conn.execute(
+                    "SELECT lease_owner FROM plans WHERE plan_id = ?", (batch.plan_id,)
+                ).fetchone()
+                if holder is None or holder[0] != batch.owner:
+                    raise PlanInProgressError(f"plan {batch.plan_id} is held by another apply")
             conn.executemany(_CREDENTIAL_UPSERT, map(_credential_params, batch.credentials))
             if len({t.member_id for t in tokens}) == len(tokens):
                 conn.executemany(
