@@ -142,7 +142,7 @@ def test_v1_file_is_migrated_with_its_data(db: Path) -> None:
     conn.close()
     with SqliteStorage(db) as migrated:
         conn = migrated._db.conn
-        assert 2 == conn.execute("PRAGMA user_version").fetchone()[0]
+        assert schema.SCHEMA_VERSION == conn.execute("PRAGMA user_version").fetchone()[0]
         columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert {"attempts", "next_attempt_at"} <= columns
@@ -768,3 +768,23 @@ def test_another_applications_database_is_left_alone(tmp_path: Path) -> None:
         open_service(path)
     assert before == path.read_bytes()
     assert not (tmp_path / "theirs.db-wal").exists()
+
+
+def test_a_dead_link_is_withdrawn_not_delivered(svc: ResetService) -> None:
+    """A change request superseded before delivery is withdrawn: no dead link goes out."""
+    svc.store.add_members([Member("admin", "admin@x", role="admin"), Member("m1", "m1@x")])  # type: ignore[attr-defined]
+    request = ResetPolicy(ResetMode.REQUEST_CHANGE)
+    for _ in range(2):
+        plan = svc.plan(["m1"], request, actor="admin")
+        svc.apply(plan, confirm=plan.confirmation)
+    outbox: Any = svc.notifier
+    pending = outbox.pending()
+    assert 1 == len(pending)  # the older link is dead: not listed
+    assert "m1" == svc.check_token(pending[0].token)
+    seen: list[Notice] = []
+    report = outbox.deliver(seen.append)
+    assert (1, 1) == (report.delivered, report.withdrawn)
+    assert [pending[0].token] == [n.token for n in seen]
+    statuses = sorted(row["status"] for row in outbox.listing())
+    assert ["delivered", "withdrawn"] == statuses
+    assert all(row[4] is None for row in svc.store.dump()["outbox"])  # type: ignore[attr-defined]

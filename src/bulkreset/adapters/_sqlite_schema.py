@@ -155,7 +155,13 @@ _V2 = (
     "ALTER TABLE outbox ADD COLUMN next_attempt_at TEXT",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    # A pending change request whose token died (superseded by a newer request,
+    # used, expired, or the password changed) is withdrawn, never delivered.
+    "ALTER TABLE outbox ADD COLUMN withdrawn_at TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 """``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

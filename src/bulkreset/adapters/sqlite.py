@@ -48,6 +48,7 @@ from .._model import (
     ResetPlan,
 )
 from .._service import ResetService
+from .._tokens import token_digest, token_is_live
 from ..errors import InvalidInputError, PlanInProgressError, PlanNotFoundError, StorageError
 from ..ports import Credential, CredentialWrite, EffectBatch, PlanRecord, TokenRecord
 from . import _sqlite_schema as schema
@@ -364,12 +365,16 @@ class SqliteStorage:
             members: :class:`~bulkreset.Member` objects, applied in order.
 
         Raises:
-            InvalidInputError: an item is not a :class:`~bulkreset.Member`, or
+            InvalidInputError: *members* is not iterable, an item is not a
+                :class:`~bulkreset.Member`, or
                 two members would share a login ID (compared by
                 :func:`~bulkreset.fold_login`). Nothing is written then.
             StorageError: SQLite failed; nothing is written.
         """
-        batch = list(members)
+        try:
+            batch = list(members)
+        except TypeError:
+            raise InvalidInputError("add_members takes an iterable of Member objects") from None
         if not all(isinstance(m, Member) for m in batch):
             raise InvalidInputError("add_members takes Member objects")
         rows = [schema.member_to_row(m) for m in batch]
@@ -820,16 +825,22 @@ class DeliveryReport:
         failed: ``(idempotency_key, exception type name)`` per notice whose
             transport call raised; they stay pending. Never a message (it
             could quote a secret).
+        withdrawn: How many change requests were withdrawn instead of sent,
+            because their token died (superseded, used, expired, or the
+            password changed): a dead link is never delivered.
     """
 
     delivered: int = 0
     failed: tuple[tuple[str, str], ...] = ()
+    withdrawn: int = 0
 
 
 _NOTICE_SELECT = (
     "SELECT member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,"
     " issued_at, plan_id, name FROM outbox "
 )
+
+_PENDING = "delivered_at IS NULL AND withdrawn_at IS NULL"
 
 _OUTBOX_INSERT = """
 INSERT OR IGNORE INTO outbox
@@ -872,10 +883,13 @@ class SqliteOutbox:
 
     def __init__(self, store: SqliteStorage, *, clock: Clock | None = None) -> None:
         self._db = store._db
+        self._store = store
         self._clock = clock or system_clock
 
     def __repr__(self) -> str:
-        rows = self._db.select("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")
+        rows = self._db.select(
+            "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND withdrawn_at IS NULL"
+        )
         return f"<SqliteOutbox {rows[0][0]} pending>"
 
     def send(self, notices: Sequence[Notice]) -> None:
@@ -913,11 +927,29 @@ class SqliteOutbox:
     def pending(self) -> list[Notice]:
         """Notices not yet delivered, oldest first, with their token or password.
 
+        A change request whose token is no longer live (superseded by a newer
+        request, used, expired, or the password changed since) is left out:
+        it will be withdrawn, never delivered, so every pending link works.
+
         Raises:
             StorageError: SQLite failed.
         """
-        rows = self._db.select(_NOTICE_SELECT + "WHERE delivered_at IS NULL ORDER BY seq")
-        return [_notice_from_row(r) for r in rows]
+        rows = self._db.select(_NOTICE_SELECT + f"WHERE {_PENDING} ORDER BY seq")
+        now = read_clock(self._clock)
+        notices = [_notice_from_row(r) for r in rows]
+        return [n for n in notices if self._link_is_live(n, now)]
+
+    def _link_is_live(self, notice: Notice, now: datetime) -> bool:
+        """True unless *notice* carries a reset token this file knows to be dead."""
+        if notice.token is None:
+            return True
+        digest = token_digest(notice.token)
+        record = self._store.find_token(digest)
+        if record is None:  # issued by another store: not this file's to judge
+            return True
+        credential = self._store.get_credentials([record.member_id]).get(record.member_id)
+        generation = credential.generation if credential else 0
+        return token_is_live(record, digest=digest, generation=generation, now=now)
 
     def delivered(self) -> list[Notice]:
         """Delivered notices, oldest first; their token and password are erased.
@@ -936,14 +968,15 @@ class SqliteOutbox:
             ``recipient``, ``created_at`` and ``delivered_at`` (aware
             datetimes, or ``None``), ``attempts``, ``last_error`` (an
             exception type name, or ``None``) and ``status`` (``"pending"``,
-            ``"failed"`` — pending after a failed attempt — or ``"delivered"``).
+            ``"failed"`` — pending after a failed attempt — ``"delivered"``,
+            or ``"withdrawn"`` — a change request whose token died first).
 
         Raises:
             StorageError: SQLite failed.
         """
         rows = self._db.select(
             "SELECT idempotency_key, member_id, kind, recipient, created_at, delivered_at, "
-            "attempts, last_error FROM outbox ORDER BY seq"
+            "attempts, last_error, withdrawn_at FROM outbox ORDER BY seq"
         )
         return [
             {
@@ -955,7 +988,13 @@ class SqliteOutbox:
                 "delivered_at": _parse(r[5]),
                 "attempts": r[6],
                 "last_error": r[7],
-                "status": "delivered" if r[5] is not None else "failed" if r[6] else "pending",
+                "status": "delivered"
+                if r[5] is not None
+                else "withdrawn"
+                if r[8] is not None
+                else "failed"
+                if r[6]
+                else "pending",
             }
             for r in rows
         ]
@@ -986,15 +1025,19 @@ class SqliteOutbox:
         now = read_clock(self._clock)
         rows = self._db.select(
             _NOTICE_SELECT.replace("SELECT ", "SELECT seq, ", 1)
-            + "WHERE delivered_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            + f"WHERE {_PENDING} AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
             "ORDER BY seq LIMIT ?",
             (to_iso(now), -1 if limit is None else limit),
         )
-        delivered = 0
+        delivered = withdrawn = 0
         failed: list[tuple[str, str]] = []
         for row in rows:
             seq, notice = row[0], _notice_from_row(row[1:])
             if not self._claim(seq):
+                continue
+            if not self._link_is_live(notice, now):
+                self._withdraw(seq)
+                withdrawn += 1
                 continue
             try:
                 transport(notice)
@@ -1012,13 +1055,21 @@ class SqliteOutbox:
                     (to_iso(read_clock(self._clock)), seq),
                 )
             delivered += 1
-        return DeliveryReport(delivered, tuple(failed))
+        return DeliveryReport(delivered, tuple(failed), withdrawn)
+
+    def _withdraw(self, seq: int) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET withdrawn_at = ?, token = NULL, password = NULL, "
+                "next_attempt_at = NULL WHERE seq = ?",
+                (to_iso(read_clock(self._clock)), seq),
+            )
 
     def _claim(self, seq: int) -> bool:
         now = read_clock(self._clock)
         with self._db.write() as conn:
             cursor = conn.execute(
-                "UPDATE outbox SET next_attempt_at = ? WHERE seq = ? AND delivered_at IS NULL "
+                f"UPDATE outbox SET next_attempt_at = ? WHERE seq = ? AND {_PENDING} "  # noqa: S608
                 "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
                 (to_iso(now + _DELIVERY_LEASE), seq, to_iso(now)),
             )
