@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import enum
 import io
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -203,9 +204,9 @@ def parse_members(
     missing = [column for column in spec.columns if column not in header]
     if missing:
         raise ImportFormatError(f"missing column(s): {', '.join(missing)}")
-    if len(set(header)) != len(header):
-        duplicated = sorted({c for c in header if header.count(c) > 1 and c})
-        raise ImportFormatError(f"repeated column(s): {', '.join(duplicated)}", row=1)
+    repeated = sorted(c or "(blank)" for c, n in Counter(header).items() if n > 1)
+    if repeated:  # counted once each: a huge header must not take quadratic time
+        raise ImportFormatError(f"repeated column(s): {', '.join(repeated)}", row=1)
     members: list[Member] = []
     ids: dict[str, int] = {}
     logins: dict[str, int] = {}
@@ -264,7 +265,12 @@ def load_members(
     """Read the member file at *path*; see :func:`parse_members`.
 
     Raises:
-        ImportFormatError: see :func:`parse_members`.
+        ImportFormatError: see :func:`parse_members`; or *path* cannot be a
+            file name (a NUL character, or text the file system cannot encode).
         OSError: the file cannot be read.
     """
-    return parse_members(Path(path).read_bytes(), format=format, admins=admins)
+    try:
+        data = Path(path).read_bytes()
+    except ValueError:  # UnicodeEncodeError or "embedded null byte": no file has that name
+        raise ImportFormatError(f"{str(path)!r:.120} cannot be a file name") from None
+    return parse_members(data, format=format, admins=admins)

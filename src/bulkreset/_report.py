@@ -31,6 +31,10 @@ SUFFIXES = (".csv", ".json")
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
+_NAME_MAX = 255
+_PATH_MAX = 4096
+"""The longest file name and path (in bytes) common systems allow."""
+
 
 def safe_cell(value: str) -> str:
     """Neutralize a CSV cell a spreadsheet would run as a formula (OWASP CSV Injection).
@@ -81,11 +85,23 @@ def check_report_path(path: str | Path) -> Path:
 
     Raises:
         InvalidInputError: the suffix is not ``.csv`` or ``.json``, the
-            directory does not exist, or *path* is itself a directory.
+            directory does not exist, *path* is itself a directory, or no
+            file can have that name (a NUL character, text the file system
+            cannot encode, a name longer than the file system allows).
     """
     target = Path(path)
     if target.suffix.lower() not in SUFFIXES:
         raise InvalidInputError(f"the report must end in .csv or .json, not {target.name!r:.80}")
+    try:
+        encoded = os.fsencode(target)
+    except UnicodeEncodeError:
+        encoded = b"\0"
+    if b"\0" in encoded:
+        raise InvalidInputError(f"{str(target)!r:.120} cannot be a file name")
+    if len(os.fsencode(target.name)) > _NAME_MAX or len(encoded) >= _PATH_MAX:
+        raise InvalidInputError(
+            f"the report's path is too long ({_NAME_MAX} bytes a name, {_PATH_MAX} in all)"
+        )
     if not target.parent.is_dir():
         raise InvalidInputError(f"no directory {str(target.parent)!r:.120} for the report")
     if target.is_dir():

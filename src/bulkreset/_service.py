@@ -128,8 +128,11 @@ class ResetService:
         return self.hasher.hash(normalize_password(password))
 
     def _verify(self, password_hash: str, password: str) -> bool:
+        # "surrogatepass" lets a lone surrogate through to a hash that cannot
+        # match (the rules never let one into a password) at the usual cost.
+        secret = normalize_password(password).encode("utf-8", "surrogatepass")
         try:
-            return self.hasher.verify(password_hash, normalize_password(password))
+            return self.hasher.verify(password_hash, secret)
         except (VerificationError, InvalidHashError):
             return False
 

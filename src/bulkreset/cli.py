@@ -259,10 +259,21 @@ def _close(service: ResetService) -> None:
             close()
 
 
+def _file_name(value: str, option: str) -> Path:
+    """*value* as a path; refused when no file can have that name (NUL, unencodable text)."""
+    try:
+        encoded = os.fsencode(value)
+    except UnicodeEncodeError:
+        encoded = b"\0"
+    if b"\0" in encoded:
+        raise InvalidInputError(f"{option} {value!r:.120} cannot be a file name")
+    return Path(value)
+
+
 def _database(args: argparse.Namespace, *, must_exist: bool = True) -> Path:
     if args.db is None:
         raise UsageError(f"the {args.command} command needs --db PATH")
-    path = Path(args.db)
+    path = _file_name(args.db, "--db")
     if must_exist and not path.is_file():
         raise InvalidInputError(
             f"no database at {args.db!r:.200}; create it with '{PROG} --db PATH import FILE.csv'"
@@ -270,8 +281,17 @@ def _database(args: argparse.Namespace, *, must_exist: bool = True) -> Path:
     return path
 
 
+def _write(stream: TextIO, text: str) -> None:
+    """Write *text*; what the stream cannot encode (a file name's stray bytes) is escaped."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
 def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    _write(sys.stdout, text + "\n")
 
 
 def _json(document: Any) -> None:
@@ -285,13 +305,13 @@ def _one_line(text: str) -> str:
 def _read_limited(stream: Any) -> str:
     """Read a password from a text or binary stream; refuse what is not UTF-8 or is huge."""
     data = stream.read(MAX_PASSWORD_BYTES + 1)
+    if len(data) > MAX_PASSWORD_BYTES:  # before decoding: the cut may split a character
+        raise PasswordPolicyError(("too_long",))
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidInputError("the password input is not UTF-8 text") from None
-    if len(data) > MAX_PASSWORD_BYTES:
-        raise PasswordPolicyError(("too_long",))
     text: str = data
     return text[:-1] if text.endswith("\n") else text
 
@@ -301,7 +321,7 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         return _read_limited(getattr(sys.stdin, "buffer", sys.stdin))
     if args.password_file is not None:
-        with open(args.password_file, "rb") as handle:
+        with _file_name(args.password_file, "--password-file").open("rb") as handle:
             return _read_limited(handle)
     if not sys.stdin.isatty():
         raise UsageError(
@@ -322,7 +342,8 @@ def _selection(args: argparse.Namespace) -> Selection:
         source = "--members"
     else:
         try:
-            text = Path(args.members_file).read_text(encoding="utf-8-sig")
+            path = _file_name(args.members_file, "--members-file")
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
             raise InvalidInputError(f"{args.members_file!r:.120} is not UTF-8 text") from None
         ids = [line.strip() for line in text.splitlines()]
@@ -610,9 +631,18 @@ def notice_email(notice: Notice, *, sender: str, reset_url: str | None = None) -
 def _smtp_address(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or not _is_host_name(host):
         raise UsageError(f"--smtp takes HOST:PORT, not {value!r:.80}")
     return host, int(port)
+
+
+def _is_host_name(host: str) -> bool:
+    """True when *host* can be looked up (IDNA-encodable, as ``socket`` needs)."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _send_outbox(args: argparse.Namespace, service: ResetService) -> int:
@@ -739,5 +769,5 @@ def _silence_stdout() -> None:  # pragma: no cover - see main
 
 
 def _fail(message: str) -> int:
-    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+    _write(sys.stderr, f"{PROG}: error: {_one_line(message)}\n")
     return 2

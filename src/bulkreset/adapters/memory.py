@@ -57,11 +57,15 @@ class MemoryStorage:
         """Insert or update members by ID.
 
         Raises:
-            InvalidInputError: an item is not a :class:`Member`, or two members
+            InvalidInputError: *members* is not iterable, an item is not a
+                :class:`Member`, or two members
                 would share a login ID (compared by ``fold_login``). Nothing
                 is added then.
         """
-        batch = list(members)
+        try:
+            batch = list(members)
+        except TypeError:
+            raise InvalidInputError("add_members takes an iterable of Member objects") from None
         with self._lock:
             logins = dict(self._logins)
             for member in batch:
