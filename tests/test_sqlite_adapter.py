@@ -113,6 +113,7 @@ def test_new_file_gets_current_schema(db: Path) -> None:
         "members",
         "credentials",
         "plans",
+        "plan_entries",
         "tokens",
         "progress",
         "audit",

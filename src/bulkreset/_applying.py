@@ -8,7 +8,8 @@ resumes where this one stopped and never repeats a finished effect.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
@@ -16,6 +17,7 @@ import attrs
 
 from . import _planning
 from ._model import (
+    IN_MEMORY_LIMIT,
     AuditEvent,
     Member,
     MemberOutcome,
@@ -24,11 +26,14 @@ from ._model import (
     Outcome,
     PlanSettings,
     ResetMode,
+    ResetPlan,
     ResetResult,
+    ResultSummary,
+    is_unfinished,
 )
 from ._tokens import derive_token, token_digest
 from .errors import InvalidTokenError, PlanInProgressError, RetryLaterError
-from .ports import CredentialWrite, EffectBatch, PlanRecord, TokenRecord
+from .ports import CredentialWrite, EffectBatch, PlanRecord, Storage, TokenRecord
 
 if TYPE_CHECKING:
     from ._service import ProgressCallback, ResetService
@@ -99,7 +104,14 @@ class ApplyRun:
         self.settings: PlanSettings = record.plan.settings
         self.callback = progress
         self.started_at = record.started_at or service._now()
-        self.rows: dict[str, MemberOutcome] = self.store.get_progress(self.plan.plan_id)
+        # Only one chunk's progress is held at a time (bounded memory), plus
+        # the few members that failed here or still await session revocation.
+        self.rows: dict[str, MemberOutcome] = {}
+        self.failed: dict[str, MemberOutcome] = {}
+        self.awaiting_revocation: dict[str, MemberOutcome] = {}
+        self.counts: Counter[Outcome] = Counter()
+        self.unfinished: list[str] = []
+        self.secrets_needed = False
         self.all_notified = False
         self.deferred = False  # the notifier asked to retry later: send no more now
 
@@ -112,22 +124,61 @@ class ApplyRun:
         return not self.force or self.settings.follow_with_request
 
     def execute(self) -> ResetResult:
+        self._record_plan_exclusions()
         targets = self.plan.targets
         total = len(targets)
         done = 0
         for chunk in chunks(targets, self.service._chunk_size):
             self._renew_lease()
-            self._store_effects(chunk)
             ids = [m.member_id for m in chunk]
+            self.rows = self.store.get_progress(self.plan.plan_id, ids)
+            self._store_effects(chunk)
             if self.force:
                 self._revoke(ids)
             self._notify(chunk)
+            self._tally(
+                self.failed.get(i) or self.rows.get(i) or _not_applied(m)
+                for i, m in zip(ids, chunk, strict=True)
+                if i not in self.awaiting_revocation
+            )
             done += len(chunk)
             if self.callback is not None:
                 self.callback(done, total)
         if self.force:
             self._retry_revocations()
+        self._tally(self.awaiting_revocation.values())
         return self._result()
+
+    def _record_plan_exclusions(self) -> None:
+        """Record the plan's exclusions as outcomes (once), so results read one table."""
+        for part in chunks(self.plan.excluded, self.service._chunk_size):
+            ids = [e.member_id for e in part]
+            rows = self.store.get_progress(self.plan.plan_id, ids)
+            missing = [e for e in part if e.member_id not in rows]
+            if missing:
+                known = self.store.get_members([e.member_id for e in missing])
+                new = [
+                    MemberOutcome(
+                        e.member_id,
+                        Outcome.EXCLUDED,
+                        e.reason.value,
+                        login_id=known[e.member_id].login_id if e.member_id in known else "",
+                    )
+                    for e in missing
+                ]
+                self._update(new, [])
+                rows.update((r.member_id, r) for r in new)
+            self._tally(rows[i] for i in ids)
+
+    def _tally(self, outcomes: Iterable[MemberOutcome]) -> None:
+        for outcome in outcomes:
+            self.counts[outcome.outcome] += 1
+            if is_unfinished(outcome):
+                self.unfinished.append(outcome.member_id)
+            if outcome.outcome is Outcome.FAILED or (
+                outcome.outcome in (Outcome.RESET, Outcome.REQUESTED) and not outcome.notified
+            ):
+                self.secrets_needed = True
 
     def _renew_lease(self) -> None:
         """Keep this apply's claim on the plan; stop if another apply took it over."""
@@ -140,11 +191,7 @@ class ApplyRun:
     # effects --------------------------------------------------------------
 
     def _store_effects(self, chunk: Sequence[Member]) -> None:
-        todo = [
-            m
-            for m in chunk
-            if m.member_id not in self.rows or self.rows[m.member_id].outcome is Outcome.FAILED
-        ]
+        todo = [m for m in chunk if m.member_id not in self.rows]
         if not todo:
             return
         ids = [m.member_id for m in todo]
@@ -205,7 +252,7 @@ class ApplyRun:
                         describe(member_exc),
                         login_id=one[0].login_id,
                     )
-                    self.rows[failed.member_id] = failed
+                    self.failed[failed.member_id] = failed
 
     def _commit(
         self,
@@ -267,13 +314,18 @@ class ApplyRun:
         self.service._emit(events)
         for row in rows:
             self.rows[row.member_id] = row
+            if row.member_id in self.awaiting_revocation:
+                if row.sessions_revoked:
+                    del self.awaiting_revocation[row.member_id]
+                else:
+                    self.awaiting_revocation[row.member_id] = row
 
     # sessions ---------------------------------------------------------------
 
-    def _pending_revocation(self, ids: Sequence[str]) -> list[MemberOutcome]:
+    def _pending_revocation(self, ids: Iterable[str]) -> list[MemberOutcome]:
         return [
             row
-            for row in (self.rows.get(i) for i in ids)
+            for row in (self.awaiting_revocation.get(i) or self.rows.get(i) for i in ids)
             if row is not None and row.outcome is Outcome.RESET and not row.sessions_revoked
         ]
 
@@ -300,6 +352,9 @@ class ApplyRun:
                 )
             failed = {r.member_id for r in rows} - {r.member_id for r in revoked}
             if failed:
+                self.awaiting_revocation.update(
+                    (r.member_id, r) for r in rows if r.member_id in failed
+                )
                 self._update(
                     [
                         attrs.evolve(r, reason=_with(r.reason, _SESSIONS_PENDING), attempted_at=now)
@@ -312,7 +367,7 @@ class ApplyRun:
     def _retry_revocations(self) -> None:
         delay = 0.5
         while True:
-            pending = self._pending_revocation(list(self.rows))
+            pending = self._pending_revocation(list(self.awaiting_revocation))
             if not pending:
                 return
             deadline = (
@@ -410,30 +465,100 @@ class ApplyRun:
     # result -----------------------------------------------------------------
 
     def _result(self) -> ResetResult:
-        outcomes: dict[str, MemberOutcome] = {}
-        for member in self.plan.targets:
-            outcomes[member.member_id] = self.rows.get(member.member_id) or MemberOutcome(
-                member.member_id, Outcome.FAILED, "not applied", login_id=member.login_id
-            )
-        for part in chunks(self.plan.excluded, self.service._chunk_size):
-            known = self.store.get_members([e.member_id for e in part])
-            for exclusion in part:
-                found = known.get(exclusion.member_id)
-                outcomes[exclusion.member_id] = MemberOutcome(
-                    exclusion.member_id,
-                    Outcome.EXCLUDED,
-                    exclusion.reason.value,
-                    login_id=found.login_id if found else "",
-                )
         # The plan's secrets may go once no member can need them again.
-        self.all_notified = all(
-            o.notified
-            for o in outcomes.values()
-            if o.outcome in (Outcome.RESET, Outcome.REQUESTED, Outcome.FAILED)
+        self.all_notified = not self.secrets_needed
+        outcomes: Mapping[str, MemberOutcome] = StoredOutcomes(
+            self.store, self.plan, self.failed, page_size=self.service._chunk_size
         )
+        if self.plan.selected <= IN_MEMORY_LIMIT:  # small: read it all now
+            outcomes = dict(outcomes.items())
         return ResetResult(
             plan_id=self.plan.plan_id,
             outcomes=outcomes,
             started_at=self.started_at,
             finished_at=self.service._now(),
+            summary=ResultSummary(dict(self.counts), tuple(self.unfinished)),
         )
+
+
+def _not_applied(member: Member) -> MemberOutcome:
+    return MemberOutcome(member.member_id, Outcome.FAILED, "not applied", login_id=member.login_id)
+
+
+class StoredOutcomes(Mapping[str, MemberOutcome]):
+    """A result's outcomes, read from the store's progress a page at a time.
+
+    Iterates in plan order: the targets in selection order, then the
+    exclusions. Holds only the plan (itself paged) and the members that
+    failed in this apply (their failure was not stored, since the store
+    itself may have been what failed).
+    """
+
+    def __init__(
+        self,
+        store: Storage,
+        plan: ResetPlan,
+        failed: Mapping[str, MemberOutcome],
+        *,
+        page_size: int,
+    ) -> None:
+        self._store = store
+        self._plan = plan
+        self._failed = dict(failed)
+        self._page_size = page_size
+
+    def pages(self) -> Iterator[list[MemberOutcome]]:
+        """The outcomes, a page at a time, in plan order."""
+        for part in chunks(self._plan.targets, self._page_size):
+            rows = self._store.get_progress(self._plan.plan_id, [m.member_id for m in part])
+            yield [
+                self._failed.get(m.member_id) or rows.get(m.member_id) or _not_applied(m)
+                for m in part
+            ]
+        for excluded in chunks(self._plan.excluded, self._page_size):
+            rows = self._store.get_progress(self._plan.plan_id, [e.member_id for e in excluded])
+            yield [
+                rows.get(e.member_id)
+                or MemberOutcome(e.member_id, Outcome.EXCLUDED, e.reason.value)
+                for e in excluded
+            ]
+
+    def __len__(self) -> int:
+        return self._plan.selected
+
+    def __iter__(self) -> Iterator[str]:
+        for page in self.pages():
+            yield from (o.member_id for o in page)
+
+    def __getitem__(self, member_id: str) -> MemberOutcome:
+        if member_id in self._failed:
+            return self._failed[member_id]
+        row = self._store.get_progress(self._plan.plan_id, [member_id]).get(member_id)
+        if row is None:
+            raise KeyError(member_id)
+        return row
+
+    def values(self) -> ValuesView[MemberOutcome]:
+        return _PagedValues(self)
+
+    def items(self) -> ItemsView[str, MemberOutcome]:
+        return _PagedItems(self)
+
+    def __repr__(self) -> str:
+        return f"<{len(self):,} outcome(s) of plan {self._plan.plan_id}, read from the store>"
+
+
+class _PagedValues(ValuesView[MemberOutcome]):
+    _mapping: StoredOutcomes
+
+    def __iter__(self) -> Iterator[MemberOutcome]:
+        for page in self._mapping.pages():
+            yield from page
+
+
+class _PagedItems(ItemsView[str, MemberOutcome]):
+    _mapping: StoredOutcomes
+
+    def __iter__(self) -> Iterator[tuple[str, MemberOutcome]]:
+        for page in self._mapping.pages():
+            yield from ((o.member_id, o) for o in page)

@@ -12,10 +12,10 @@ import html
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
@@ -34,12 +34,15 @@ __all__ = [
     "Notice",
     "NoticeKind",
     "Outcome",
+    "PagedSequence",
+    "PlanEntry",
     "PlanSettings",
     "PlanWarning",
     "ResetMode",
     "ResetPlan",
     "ResetPolicy",
     "ResetResult",
+    "ResultSummary",
     "Role",
     "Selection",
     "SignInMethod",
@@ -150,6 +153,7 @@ ALL: Literal[_AllType.ALL] = _AllType.ALL
 Selection = Iterable[str] | Literal[_AllType.ALL]
 
 E = TypeVar("E", bound=enum.Enum)
+T = TypeVar("T")
 
 
 def _to_enum(kind: type[E], value: Any) -> E:
@@ -393,6 +397,24 @@ class PlanWarning:
     kind: WarningKind
 
 
+@attrs.frozen
+class PlanEntry:
+    """One selected member of a plan, as a store keeps it.
+
+    Attributes:
+        member_id: The selected ID.
+        member: The directory entry when the plan was made (``None`` for an
+            unknown ID).
+        reason: Why the member is excluded, or ``None`` for a target.
+        warning: A warning about the target, if any.
+    """
+
+    member_id: str
+    member: Member | None = None
+    reason: ExclusionReason | None = None
+    warning: WarningKind | None = None
+
+
 def _table(headers: tuple[str, ...], rows: Iterable[tuple[object, ...]], limit: int = 50) -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
@@ -402,6 +424,71 @@ def _table(headers: tuple[str, ...], rows: Iterable[tuple[object, ...]], limit: 
             break
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+class PagedSequence(Sequence[T]):
+    """A read-only sequence kept elsewhere (a store) and read a page at a time.
+
+    Big plans and results stay in the store: their members are fetched when
+    indexed, sliced or iterated, a page at a time, so memory stays bounded
+    however many members a plan has. Compares equal to any sequence with
+    the same items.
+
+    Args:
+        length: How many items there are.
+        fetch: ``fetch(start, stop)`` returns the items in ``[start, stop)``.
+        page_size: Items fetched per page while iterating.
+    """
+
+    __hash__ = None  # type: ignore[assignment]  # equal to tuples, so not hashable
+
+    def __init__(
+        self, length: int, fetch: Callable[[int, int], Sequence[T]], *, page_size: int = 1000
+    ) -> None:
+        self._length = length
+        self._fetch = fetch
+        self._page_size = page_size
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._length)
+            if step != 1:
+                return tuple(self[start:stop])[::step]
+            return tuple(self._fetch(start, stop)) if start < stop else ()
+        position = index + self._length if index < 0 else index
+        if not 0 <= position < self._length:
+            raise IndexError("index out of range")
+        return self._fetch(position, position + 1)[0]
+
+    def __iter__(self) -> Iterator[T]:
+        for start in range(0, self._length, self._page_size):
+            yield from self._fetch(start, min(start + self._page_size, self._length))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __repr__(self) -> str:
+        return f"<{len(self):,} item(s), read from the store>"
+
+
+IN_MEMORY_LIMIT = 10_000
+"""Plans and results of at most this many members are held in memory; larger
+ones stay in the store and are read a page at a time (:class:`PagedSequence`)."""
+
+
+def _frozen_sequence(items: Iterable[Any]) -> Sequence[Any]:
+    return items if isinstance(items, PagedSequence) else tuple(items)
 
 
 @attrs.frozen
@@ -416,7 +503,9 @@ class ResetPlan:
         mode: The :class:`ResetMode`.
         created_at: Aware UTC instant the plan was made.
         actor: Member ID of the administrator who made it.
-        targets: Members who will be reset, in selection order.
+        targets: Members who will be reset, in selection order (a tuple, or
+            for a plan read back from a store, a :class:`PagedSequence`
+            that reads the members a page at a time).
         excluded: Selected members who will not, with a reason each.
         warnings: Per-target warnings (R5).
         precautions: Sentences the administrator must read before confirming.
@@ -429,9 +518,9 @@ class ResetPlan:
     mode: ResetMode
     created_at: datetime
     actor: str
-    targets: tuple[Member, ...]
-    excluded: tuple[Exclusion, ...]
-    warnings: tuple[PlanWarning, ...]
+    targets: Sequence[Member] = attrs.field(converter=_frozen_sequence)
+    excluded: Sequence[Exclusion] = attrs.field(converter=_frozen_sequence)
+    warnings: Sequence[PlanWarning] = attrs.field(converter=_frozen_sequence)
     precautions: tuple[str, ...]
     confirmation: str
     settings: PlanSettings
@@ -513,7 +602,44 @@ class MemberOutcome:
 
 
 def _read_only(outcomes: Mapping[str, MemberOutcome]) -> Mapping[str, MemberOutcome]:
-    return MappingProxyType(dict(outcomes))
+    if isinstance(outcomes, (dict, MappingProxyType)):
+        return MappingProxyType(dict(outcomes))
+    return outcomes  # a read-only view over a store, read a page at a time
+
+
+def is_unfinished(outcome: MemberOutcome) -> bool:
+    """True for a target whose reset failed, or whose sign-out or notice is unconfirmed."""
+    return (
+        outcome.outcome is Outcome.FAILED
+        or (
+            outcome.outcome is Outcome.RESET and not (outcome.notified and outcome.sessions_revoked)
+        )
+        or (outcome.outcome is Outcome.REQUESTED and not outcome.notified)
+    )
+
+
+@attrs.frozen
+class ResultSummary:
+    """Counts and unfinished members of a result, gathered while applying.
+
+    Attributes:
+        counts: Members per :class:`Outcome` (outcomes with none may be absent).
+        unfinished: IDs of unfinished targets (see :func:`is_unfinished`), in order.
+    """
+
+    counts: Mapping[Outcome, int]
+    unfinished: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, outcomes: Iterable[MemberOutcome]) -> ResultSummary:
+        """Count *outcomes*."""
+        counts: Counter[Outcome] = Counter()
+        unfinished = []
+        for outcome in outcomes:
+            counts[outcome.outcome] += 1
+            if is_unfinished(outcome):
+                unfinished.append(outcome.member_id)
+        return cls(dict(counts), tuple(unfinished))
 
 
 @attrs.frozen
@@ -526,16 +652,25 @@ class ResetResult:
             selection order, then its exclusions.
         started_at: When this plan's first apply started (aware UTC).
         finished_at: When this apply finished (aware UTC).
+        summary: Counts gathered while applying, so that counting a result of
+            a million members does not read it all again (computed from
+            ``outcomes`` when not given).
     """
 
     plan_id: str
     outcomes: Mapping[str, MemberOutcome] = attrs.field(converter=_read_only)
     started_at: datetime
     finished_at: datetime
+    summary: ResultSummary | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+
+    def _summary(self) -> ResultSummary:
+        if self.summary is None:
+            return ResultSummary.of(self.outcomes.values())
+        return self.summary
 
     def count(self, outcome: Outcome) -> int:
         """How many selected members ended with *outcome*."""
-        return sum(1 for o in self.outcomes.values() if o.outcome is outcome)
+        return self._summary().counts.get(outcome, 0)
 
     def counts(self) -> dict[Outcome, int]:
         """Every outcome with its count (zeros included)."""
@@ -547,13 +682,7 @@ class ResetResult:
     @property
     def unfinished(self) -> tuple[str, ...]:
         """Targets whose reset failed, or whose sessions or notices are unconfirmed."""
-        return tuple(
-            o.member_id
-            for o in self.outcomes.values()
-            if o.outcome is Outcome.FAILED
-            or (o.outcome is Outcome.RESET and not (o.notified and o.sessions_revoked))
-            or (o.outcome is Outcome.REQUESTED and not o.notified)
-        )
+        return self._summary().unfinished
 
     @property
     def ok(self) -> bool:

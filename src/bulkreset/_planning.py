@@ -13,6 +13,7 @@ from ._model import (
     ExclusionReason,
     Member,
     MemberStatus,
+    PlanEntry,
     PlanSettings,
     PlanWarning,
     ResetMode,
@@ -25,12 +26,15 @@ from ._model import (
 from .errors import InvalidInputError
 
 __all__ = [
+    "PlanTally",
     "build_plan",
+    "classify",
     "codes_match",
     "dedupe_selection",
     "exclusion_reason",
     "new_confirmation_code",
     "new_plan_id",
+    "plan_from_entries",
     "precautions",
 ]
 
@@ -178,6 +182,52 @@ def precautions(
     return tuple(lines)
 
 
+def classify(
+    member_id: str,
+    member: Member | None,
+    *,
+    actor: Member,
+    settings: PlanSettings,
+    has_password: bool,
+) -> PlanEntry:
+    """Sort one selected member: a target (with its warning, if any) or an exclusion."""
+    reason = exclusion_reason(member, actor=actor, settings=settings, has_password=has_password)
+    if reason is not None or member is None:
+        return PlanEntry(member_id, member, reason or ExclusionReason.UNKNOWN_MEMBER)
+    warning = (
+        WarningKind.CANNOT_SELF_RECOVER
+        if settings.mode is ResetMode.FORCE_CHANGE and not member.can_self_recover
+        else None
+    )
+    return PlanEntry(member_id, member, None, warning)
+
+
+class PlanTally:
+    """Counts a plan's entries as they stream by, for its precautions and summary."""
+
+    def __init__(self) -> None:
+        self.targets = 0
+        self.warnings = 0
+        self.excluded: dict[ExclusionReason, int] = {}
+
+    def add(self, entry: PlanEntry) -> None:
+        """Count one entry."""
+        if entry.reason is not None:
+            self.excluded[entry.reason] = self.excluded.get(entry.reason, 0) + 1
+            return
+        self.targets += 1
+        self.warnings += entry.warning is not None
+
+    def precautions(self, settings: PlanSettings) -> tuple[str, ...]:
+        """The plan's precautions for these counts (see :func:`precautions`)."""
+        return precautions(
+            settings,
+            targets=self.targets,
+            cannot_self_recover=self.warnings,
+            excluded=self.excluded,
+        )
+
+
 def build_plan(
     *,
     plan_id: str,
@@ -191,42 +241,67 @@ def build_plan(
 ) -> ResetPlan:
     """Sort a selection into targets and exclusions, with warnings and precautions.
 
+    The in-memory form of what ``ResetService.plan`` streams through a store.
+
     Args:
         selected: Distinct member IDs in selection order.
         members: The known members among them, by ID.
         with_password: IDs of members that have a stored password credential.
     """
+    tally = PlanTally()
+    entries = []
+    for member_id in selected:
+        entry = classify(
+            member_id,
+            members.get(member_id),
+            actor=actor,
+            settings=settings,
+            has_password=member_id in with_password,
+        )
+        tally.add(entry)
+        entries.append(entry)
+    return plan_from_entries(
+        entries,
+        plan_id=plan_id,
+        created_at=created_at,
+        actor=actor.member_id,
+        settings=settings,
+        precautions=tally.precautions(settings),
+        confirmation=confirmation,
+    )
+
+
+def plan_from_entries(
+    entries: Iterable[PlanEntry],
+    *,
+    plan_id: str,
+    created_at: datetime,
+    actor: str,
+    settings: PlanSettings,
+    precautions: tuple[str, ...],
+    confirmation: str,
+) -> ResetPlan:
+    """A :class:`ResetPlan` holding *entries* in memory (tuples)."""
     targets: list[Member] = []
     excluded: list[Exclusion] = []
     warnings: list[PlanWarning] = []
-    for member_id in selected:
-        member = members.get(member_id)
-        reason = exclusion_reason(
-            member, actor=actor, settings=settings, has_password=member_id in with_password
-        )
-        if reason is not None or member is None:
-            excluded.append(Exclusion(member_id, reason or ExclusionReason.UNKNOWN_MEMBER))
+    for entry in entries:
+        if entry.reason is not None:
+            excluded.append(Exclusion(entry.member_id, entry.reason))
             continue
-        targets.append(member)
-        if settings.mode is ResetMode.FORCE_CHANGE and not member.can_self_recover:
-            warnings.append(PlanWarning(member_id, WarningKind.CANNOT_SELF_RECOVER))
-    counts: dict[ExclusionReason, int] = {}
-    for exclusion in excluded:
-        counts[exclusion.reason] = counts.get(exclusion.reason, 0) + 1
+        assert entry.member is not None  # a target is a known member
+        targets.append(entry.member)
+        if entry.warning is not None:
+            warnings.append(PlanWarning(entry.member_id, entry.warning))
     return ResetPlan(
         plan_id=plan_id,
         mode=settings.mode,
         created_at=created_at,
-        actor=actor.member_id,
-        targets=tuple(targets),
-        excluded=tuple(excluded),
-        warnings=tuple(warnings),
-        precautions=precautions(
-            settings,
-            targets=len(targets),
-            cannot_self_recover=len(warnings),
-            excluded=counts,
-        ),
+        actor=actor,
+        targets=targets,
+        excluded=excluded,
+        warnings=warnings,
+        precautions=precautions,
         confirmation=confirmation,
         settings=settings,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
 import argon2
@@ -25,6 +25,7 @@ from ._model import (
     ResetPolicy,
     ResetResult,
     Selection,
+    SignInMethod,
     fold_login,
 )
 from ._passwords import PasswordRules, normalize_password
@@ -160,10 +161,16 @@ class ResetService:
             raise AuthorizationError("only active administrators may reset passwords")
         return member
 
-    def _selected_ids(self, selection: Selection) -> list[str]:
+    def _selected_pages(
+        self, selection: Selection
+    ) -> Iterator[tuple[list[str], dict[str, Member]]]:
+        """The selection a page at a time: IDs in order, and the known members among them."""
         if selection is ALL:
-            return [m.member_id for page in self.store.iter_members() for m in page]
-        return _planning.dedupe_selection(selection)
+            for page in self.store.iter_members(page_size=self._chunk_size):
+                yield [m.member_id for m in page], {m.member_id: m for m in page}
+            return
+        for chunk in chunks(_planning.dedupe_selection(selection), self._chunk_size):
+            yield list(chunk), self.store.get_members(chunk)
 
     # ------------------------------------------------------------------ plan
 
@@ -172,7 +179,10 @@ class ResetService:
 
         Nothing changes for any member: the plan itself is kept by the store
         (so another process can apply it) with an audit event, and a force
-        change's password is hashed once, here (SPEC §5).
+        change's password is hashed once, here (SPEC §5). The selection is
+        read and written a page at a time (``chunk_size``), so memory stays
+        bounded for any number of members; the plan returned may read its
+        members back from the store a page at a time.
 
         Args:
             selection: An iterable of member IDs (repeats collapse, unknown
@@ -190,48 +200,71 @@ class ResetService:
             raise InvalidInputError("policy must be a ResetPolicy")
         now = self._now()
         actor_member = self._authorize(actor)
-        selected = self._selected_ids(selection)
         settings = policy.settings()
-        members: dict[str, Member] = {}
-        with_password: set[str] = set()
-        for chunk in chunks(selected, self._chunk_size):
-            found = self.store.get_members(chunk)
-            members.update(found)
-            with_password.update(self.store.get_credentials(list(found)))
-        plan = _planning.build_plan(
-            plan_id=_planning.new_plan_id(),
-            created_at=now,
-            actor=actor_member,
-            settings=settings,
-            selected=selected,
-            members=members,
-            with_password=with_password,
-            confirmation=_planning.new_confirmation_code(),
-        )
+        force = policy.mode is ResetMode.FORCE_CHANGE
         password_hash = password = token_key = None
-        if policy.mode is ResetMode.FORCE_CHANGE:
+        folded_password = None
+        if force:
             assert policy.new_password is not None  # guaranteed by ResetPolicy
-            policy.rules.check(policy.new_password, login_ids=(m.login_id for m in plan.targets))
+            policy.rules.check(policy.new_password)  # the login-ID rule is checked below
+            folded_password = fold_login(policy.new_password)
             password_hash = self._hash(policy.new_password)
             if policy.deliver_password:
                 password = policy.new_password
-        if policy.mode is ResetMode.REQUEST_CHANGE or policy.follow_with_request:
+        if not force or policy.follow_with_request:
             token_key = secrets.token_bytes(32)
-        event = AuditEvent(
-            at=now,
-            action="plan.created",
-            actor=actor_member.member_id,
-            plan_id=plan.plan_id,
-            detail=f"{plan.mode.value}: {len(plan.targets)} target(s), "
-            f"{len(plan.excluded)} excluded",
-        )
-        record = PlanRecord(
-            plan, password_hash=password_hash, password=password, token_key=token_key
-        )
-        self.store.save_plan(record, event)
+        plan_id = _planning.new_plan_id()
+        tally = _planning.PlanTally()
+        with self.store.write_plan(plan_id) as writer:
+            for ids, members in self._selected_pages(selection):
+                quick = [m for m in members if members[m].sign_in is SignInMethod.QUICK_LOGIN]
+                with_password = self.store.get_credentials(quick) if force and quick else {}
+                entries = []
+                for member_id in ids:
+                    entry = _planning.classify(
+                        member_id,
+                        members.get(member_id),
+                        actor=actor_member,
+                        settings=settings,
+                        has_password=member_id in with_password,
+                    )
+                    if (
+                        folded_password is not None
+                        and entry.reason is None
+                        and entry.member is not None
+                        and entry.member.login_key == folded_password
+                    ):
+                        raise PasswordPolicyError(("same_as_login_id",))
+                    tally.add(entry)
+                    entries.append(entry)
+                writer.add(entries)
+            plan = ResetPlan(
+                plan_id=plan_id,
+                mode=policy.mode,
+                created_at=now,
+                actor=actor_member.member_id,
+                targets=(),
+                excluded=(),
+                warnings=(),
+                precautions=tally.precautions(settings),
+                confirmation=_planning.new_confirmation_code(),
+                settings=settings,
+            )
+            event = AuditEvent(
+                at=now,
+                action="plan.created",
+                actor=actor_member.member_id,
+                plan_id=plan_id,
+                detail=f"{policy.mode.value}: {tally.targets} target(s), "
+                f"{sum(tally.excluded.values())} excluded",
+            )
+            record = PlanRecord(
+                plan, password_hash=password_hash, password=password, token_key=token_key
+            )
+            writer.finish(record, event)
         self._emit([event])
-        log.info("planned %s: %d targets", plan.plan_id, len(plan.targets))
-        return plan
+        log.info("planned %s: %d targets", plan_id, tally.targets)
+        return self.load_plan(plan_id)
 
     def load_plan(self, plan_id: str) -> ResetPlan:
         """The stored plan with this ID, as ``plan`` returned it.

@@ -18,19 +18,22 @@ outcome where it can.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ._model import AuditEvent, Member, MemberOutcome, Notice, ResetPlan
+from ._model import AuditEvent, Member, MemberOutcome, Notice, PlanEntry, ResetPlan
 
 __all__ = [
     "Credential",
     "CredentialWrite",
     "EffectBatch",
     "Notifier",
+    "PlanEntry",
     "PlanRecord",
+    "PlanWriter",
     "SessionStore",
     "Storage",
     "TokenRecord",
@@ -158,6 +161,21 @@ class EffectBatch:
     owner: str | None = None
 
 
+class PlanWriter(Protocol):
+    """Writes one new plan: its entries, a page at a time, then its record."""
+
+    def add(self, entries: Sequence[PlanEntry]) -> None:
+        """Keep these entries, in selection order, after those added before."""
+
+    def finish(self, record: PlanRecord, audit: AuditEvent) -> None:
+        """Keep the plan's record and secrets, and append *audit*.
+
+        ``record.plan``'s ``targets``, ``excluded`` and ``warnings`` are
+        ignored: the plan's sections are the entries added (targets: entries
+        without a reason; excluded: with one; warnings: with a warning).
+        """
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Where members, credentials, tokens, plans, progress and audit events live.
@@ -190,11 +208,21 @@ class Storage(Protocol):
         the member's live tokens, appends *audit*, and returns ``True``.
         """
 
-    def save_plan(self, record: PlanRecord, audit: AuditEvent) -> None:
-        """Keep a new plan and its secrets; append *audit*."""
+    def write_plan(self, plan_id: str) -> AbstractContextManager[PlanWriter]:
+        """Write a new plan atomically: ``with store.write_plan(plan_id) as writer: ...``.
+
+        Everything added, and the record given to ``finish``, is stored when
+        the block ends after ``finish``; nothing at all when the block raises
+        (for example a password rule found broken half-way through a million
+        members) or ends without ``finish``.
+        """
 
     def load_plan(self, plan_id: str) -> PlanRecord | None:
-        """The stored plan, or ``None``."""
+        """The stored plan, or ``None``.
+
+        Its sections may be :class:`~bulkreset.PagedSequence`\\ s that read the
+        store a page at a time, so a plan of a million members stays small.
+        """
 
     def claim_plan(self, plan_id: str, owner: str, now: datetime, until: datetime) -> bool:
         """Take the plan's apply lease for *owner* until *until*.
@@ -209,8 +237,14 @@ class Storage(Protocol):
     ) -> None:
         """Give up *owner*'s lease; record completion; erase the plan's secrets if asked."""
 
-    def get_progress(self, plan_id: str) -> dict[str, MemberOutcome]:
-        """The recorded per-member progress of a plan, by member ID."""
+    def get_progress(
+        self, plan_id: str, member_ids: Collection[str] | None = None
+    ) -> dict[str, MemberOutcome]:
+        """The recorded per-member progress of a plan, by member ID.
+
+        Only of *member_ids* when given (the apply reads a chunk at a time);
+        members without progress are absent.
+        """
 
     def commit(self, batch: EffectBatch) -> None:
         """Write an :class:`EffectBatch` atomically.

@@ -22,6 +22,7 @@ from .._model import (
     Exclusion,
     ExclusionReason,
     Member,
+    PlanEntry,
     PlanSettings,
     PlanWarning,
     ResetMode,
@@ -161,7 +162,38 @@ _V3 = (
     "ALTER TABLE outbox ADD COLUMN withdrawn_at TEXT",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+_V4 = (
+    # A plan's members live in their own rows, read a page at a time, so a
+    # plan of a million members is neither one huge JSON value nor held in
+    # memory; ``plans.body`` keeps only the plan's header and counts.
+    """
+    CREATE TABLE plan_entries (
+        plan_id        TEXT NOT NULL
+                       REFERENCES plans (plan_id) DEFERRABLE INITIALLY DEFERRED,
+        target_index   INTEGER,
+        excluded_index INTEGER,
+        warning_index  INTEGER,
+        member_id      TEXT NOT NULL,
+        reason         TEXT,
+        warning        TEXT,
+        login_id       TEXT,
+        name           TEXT,
+        sign_in        TEXT,
+        mobile_phone   TEXT,
+        personal_email TEXT,
+        status         TEXT,
+        role           TEXT
+    )
+    """,
+    "CREATE UNIQUE INDEX plan_targets ON plan_entries (plan_id, target_index)"
+    " WHERE target_index IS NOT NULL",
+    "CREATE UNIQUE INDEX plan_excluded ON plan_entries (plan_id, excluded_index)"
+    " WHERE excluded_index IS NOT NULL",
+    "CREATE UNIQUE INDEX plan_warnings ON plan_entries (plan_id, warning_index)"
+    " WHERE warning_index IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 """``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -293,8 +325,57 @@ def plan_to_json(plan: ResetPlan) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
+def plan_header_to_json(plan: ResetPlan, counts: tuple[int, int, int]) -> str:
+    """A plan's header as JSON: everything but its members, with their counts."""
+    body = {
+        "plan_id": plan.plan_id,
+        "mode": plan.mode.value,
+        "created_at": to_iso(plan.created_at),
+        "actor": plan.actor,
+        "counts": list(counts),
+        "precautions": list(plan.precautions),
+        "confirmation": plan.confirmation,
+        "settings": plan.settings.to_json(),
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+ENTRY_COLUMNS = (
+    "plan_id, target_index, excluded_index, warning_index, member_id, reason, warning, "
+    "login_id, name, sign_in, mobile_phone, personal_email, status, role"
+)
+
+
+def entry_row(
+    plan_id: str, entry: PlanEntry, indexes: tuple[int | None, int | None, int | None]
+) -> tuple[object, ...]:
+    """The ``plan_entries`` row of one entry (the member as it was when planned)."""
+    member = entry.member
+    snapshot: tuple[object, ...] = (
+        (
+            member.login_id,
+            member.name,
+            member.sign_in.value,
+            member.mobile_phone,
+            member.personal_email,
+            member.status.value,
+            member.role.value,
+        )
+        if member is not None
+        else (None,) * 7
+    )
+    return (
+        plan_id,
+        *indexes,
+        entry.member_id,
+        entry.reason.value if entry.reason else None,
+        entry.warning.value if entry.warning else None,
+        *snapshot,
+    )
+
+
 def plan_from_json(text: str) -> ResetPlan:
-    """The inverse of :func:`plan_to_json`."""
+    """The inverse of :func:`plan_to_json` (plans stored before schema version 4)."""
     body = json.loads(text)
     return ResetPlan(
         plan_id=body["plan_id"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,8 @@ import argon2
 import attrs
 
 from .._clock import Clock, read_clock, system_clock
-from .._model import AuditEvent, Member, MemberOutcome, Notice
+from .._model import AuditEvent, Member, MemberOutcome, Notice, PlanEntry
+from .._planning import plan_from_entries
 from .._service import ResetService
 from ..errors import InvalidInputError, PlanInProgressError
 from ..ports import (
@@ -157,9 +159,24 @@ class MemoryStorage:
 
     # plans -------------------------------------------------------------------
 
-    def save_plan(self, record: PlanRecord, audit: AuditEvent) -> None:
+    @contextmanager
+    def write_plan(self, plan_id: str) -> Iterator[_MemoryPlanWriter]:
+        writer = _MemoryPlanWriter()
+        yield writer
+        if writer.finished is None:
+            return  # the block ended without finish(): keep nothing
+        record, audit = writer.finished
+        plan = plan_from_entries(
+            writer.entries,
+            plan_id=plan_id,
+            created_at=record.plan.created_at,
+            actor=record.plan.actor,
+            settings=record.plan.settings,
+            precautions=record.plan.precautions,
+            confirmation=record.plan.confirmation,
+        )
         with self._lock:
-            self._plans[record.plan.plan_id] = record
+            self._plans[plan_id] = attrs.evolve(record, plan=plan)
             self._audit.append(audit)
 
     def load_plan(self, plan_id: str) -> PlanRecord | None:
@@ -193,9 +210,14 @@ class MemoryStorage:
 
     # apply -------------------------------------------------------------------
 
-    def get_progress(self, plan_id: str) -> dict[str, MemberOutcome]:
+    def get_progress(
+        self, plan_id: str, member_ids: Collection[str] | None = None
+    ) -> dict[str, MemberOutcome]:
         with self._lock:
-            return dict(self._progress.get(plan_id, {}))
+            rows = self._progress.get(plan_id, {})
+            if member_ids is None:
+                return dict(rows)
+            return {i: rows[i] for i in member_ids if i in rows}
 
     def commit(self, batch: EffectBatch) -> None:
         with self._lock:
@@ -252,6 +274,20 @@ class MemoryStorage:
                 if (plan_id is None or e.plan_id == plan_id)
                 and (member_id is None or e.member_id == member_id)
             ]
+
+
+class _MemoryPlanWriter:
+    """Buffers a new plan until the end of ``MemoryStorage.write_plan``'s block."""
+
+    def __init__(self) -> None:
+        self.entries: list[PlanEntry] = []
+        self.finished: tuple[PlanRecord, AuditEvent] | None = None
+
+    def add(self, entries: Sequence[PlanEntry]) -> None:
+        self.entries.extend(entries)
+
+    def finish(self, record: PlanRecord, audit: AuditEvent) -> None:
+        self.finished = (record, audit)
 
 
 class MemoryNotifier:

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +40,22 @@ import attrs
 
 from .._clock import Clock, from_iso, read_clock, system_clock, to_iso, to_utc
 from .._model import (
+    IN_MEMORY_LIMIT,
     AuditEvent,
+    Exclusion,
+    ExclusionReason,
     Member,
     MemberOutcome,
     Notice,
     NoticeKind,
     Outcome,
+    PagedSequence,
+    PlanEntry,
+    PlanSettings,
+    PlanWarning,
+    ResetMode,
     ResetPlan,
+    WarningKind,
 )
 from .._service import ResetService
 from .._tokens import token_digest, token_is_live
@@ -290,6 +300,63 @@ def _token_from_row(row: Sequence[Any]) -> TokenRecord:
     )
 
 
+class _AbandonedError(Exception):
+    """Ends a ``write_plan`` block that never called ``finish``: roll back quietly."""
+
+
+class SqlitePlanWriter:
+    """Writes one plan's entries and record inside ``SqliteStorage.write_plan``."""
+
+    def __init__(self, plan_id: str) -> None:
+        self.plan_id = plan_id
+        self.conn: sqlite3.Connection | None = None
+        self.counts = [0, 0, 0]  # targets, excluded, warnings
+        self.finished = False
+
+    def _connection(self) -> sqlite3.Connection:
+        if self.conn is None or self.finished:
+            raise StorageError("the plan writer is closed")
+        return self.conn
+
+    def add(self, entries: Sequence[PlanEntry]) -> None:
+        """Insert *entries* after those added before (one ``executemany``)."""
+        conn = self._connection()
+        rows = []
+        for entry in entries:
+            indexes: list[int | None] = [None, None, None]
+            sections = (entry.reason is None, entry.reason is not None, entry.warning is not None)
+            for section, present in enumerate(sections):
+                if present:
+                    indexes[section] = self.counts[section]
+                    self.counts[section] += 1
+            rows.append(schema.entry_row(self.plan_id, entry, (indexes[0], indexes[1], indexes[2])))
+        conn.executemany(
+            f"INSERT INTO plan_entries ({schema.ENTRY_COLUMNS}) "  # noqa: S608 (fixed names)
+            f"VALUES ({', '.join('?' * 14)})",
+            rows,
+        )
+
+    def finish(self, record: PlanRecord, audit: AuditEvent) -> None:
+        """Insert the plan's row (header, counts, secrets) and its audit event."""
+        conn = self._connection()
+        counts = (self.counts[0], self.counts[1], self.counts[2])
+        conn.execute(
+            "INSERT INTO plans (plan_id, body, password_hash, password, token_key, started_at, "
+            "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.plan_id,
+                schema.plan_header_to_json(record.plan, counts),
+                record.password_hash,
+                record.password,
+                record.token_key,
+                _time(record.started_at),
+                _time(record.finished_at),
+            ),
+        )
+        conn.execute(_INSERT_AUDIT, _audit_params(audit))
+        self.finished = True
+
+
 class SqliteStorage:
     """The :class:`~bulkreset.ports.Storage` port over one SQLite file.
 
@@ -311,7 +378,6 @@ class SqliteStorage:
         self._db = _Database(path)
         # The last plan body parsed, and its plan: ``apply`` loads a plan twice,
         # and parsing 100,000 targets costs far more than comparing the text.
-        self._parsed: tuple[str, ResetPlan] | None = None
 
     def __repr__(self) -> str:
         return f"<SqliteStorage {self._db.path!r}>"
@@ -522,42 +588,32 @@ class SqliteStorage:
 
     # plans -------------------------------------------------------------------
 
-    def save_plan(self, record: PlanRecord, audit: AuditEvent) -> None:
-        """Keep a plan (as JSON) with its secrets, and append *audit*.
+    @contextmanager
+    def write_plan(self, plan_id: str) -> Iterator[SqlitePlanWriter]:
+        """Write a new plan in one transaction (see :meth:`ports.Storage.write_plan`).
+
+        Entries go to the ``plan_entries`` table as they are added (nothing
+        is held in memory); the plan row with its header, secrets and audit
+        event is written by ``finish``. The transaction, and so the store's
+        write lock, is held for the whole block.
 
         Raises:
             StorageError: SQLite failed; nothing is written.
         """
-        body = schema.plan_to_json(record.plan)
-        with self._db.write() as conn:
-            conn.execute(
-                """
-                INSERT INTO plans
-                    (plan_id, body, password_hash, password, token_key, started_at, finished_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (plan_id) DO UPDATE SET
-                    body = excluded.body,
-                    password_hash = excluded.password_hash,
-                    password = excluded.password,
-                    token_key = excluded.token_key,
-                    started_at = excluded.started_at,
-                    finished_at = excluded.finished_at
-                """,
-                (
-                    record.plan.plan_id,
-                    body,
-                    record.password_hash,
-                    record.password,
-                    record.token_key,
-                    _time(record.started_at),
-                    _time(record.finished_at),
-                ),
-            )
-            conn.execute(_INSERT_AUDIT, _audit_params(audit))
-        self._parsed = (body, record.plan)
+        writer = SqlitePlanWriter(plan_id)
+        try:
+            with self._db.write() as conn:
+                writer.conn = conn
+                yield writer
+                if not writer.finished:
+                    raise _AbandonedError
+        except _AbandonedError:
+            pass
+        finally:
+            writer.conn = None
 
     def load_plan(self, plan_id: str) -> PlanRecord | None:
-        """The stored plan, or ``None``.
+        """The stored plan, or ``None``; its members are read a page at a time.
 
         Raises:
             StorageError: SQLite failed.
@@ -582,12 +638,52 @@ class SqliteStorage:
         )
 
     def _parse_plan(self, body: str) -> ResetPlan:
-        parsed = self._parsed
-        if parsed is not None and parsed[0] == body:
-            return parsed[1]
-        plan = schema.plan_from_json(body)
-        self._parsed = (body, plan)
-        return plan
+        header = json.loads(body)
+        if "targets" in header:  # stored before schema version 4: members inline
+            return schema.plan_from_json(body)
+        plan_id = header["plan_id"]
+        targets, excluded, warnings = header["counts"]
+        sections: tuple[Sequence[Member], Sequence[Exclusion], Sequence[PlanWarning]] = (
+            PagedSequence(targets, partial(self._plan_targets, plan_id)),
+            PagedSequence(excluded, partial(self._plan_excluded, plan_id)),
+            PagedSequence(warnings, partial(self._plan_warnings, plan_id)),
+        )
+        if targets + excluded <= IN_MEMORY_LIMIT:  # small: read it all now
+            sections = (tuple(sections[0]), tuple(sections[1]), tuple(sections[2]))
+        return ResetPlan(
+            plan_id=plan_id,
+            mode=ResetMode(header["mode"]),
+            created_at=from_iso(header["created_at"]),
+            actor=header["actor"],
+            targets=sections[0],
+            excluded=sections[1],
+            warnings=sections[2],
+            precautions=tuple(header["precautions"]),
+            confirmation=header["confirmation"],
+            settings=PlanSettings.from_json(header["settings"]),
+        )
+
+    def _plan_rows(
+        self, columns: str, index: str, plan_id: str, start: int, stop: int
+    ) -> list[Any]:
+        return self._db.select(
+            f"SELECT {columns} FROM plan_entries WHERE plan_id = ? "  # noqa: S608 (fixed names)
+            f"AND {index} >= ? AND {index} < ? ORDER BY {index}",
+            (plan_id, start, stop),
+        )
+
+    def _plan_targets(self, plan_id: str, start: int, stop: int) -> list[Member]:
+        columns = "member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role"
+        rows = self._plan_rows(columns, "target_index", plan_id, start, stop)
+        return [schema.member_from_row(row) for row in rows]
+
+    def _plan_excluded(self, plan_id: str, start: int, stop: int) -> list[Exclusion]:
+        rows = self._plan_rows("member_id, reason", "excluded_index", plan_id, start, stop)
+        return [Exclusion(row[0], ExclusionReason(row[1])) for row in rows]
+
+    def _plan_warnings(self, plan_id: str, start: int, stop: int) -> list[PlanWarning]:
+        rows = self._plan_rows("member_id, warning", "warning_index", plan_id, start, stop)
+        return [PlanWarning(row[0], WarningKind(row[1])) for row in rows]
 
     def claim_plan(self, plan_id: str, owner: str, now: datetime, until: datetime) -> bool:
         """Take the plan's apply lease for *owner* until *until*, atomically across processes.
@@ -653,19 +749,27 @@ class SqliteStorage:
 
     # apply -------------------------------------------------------------------
 
-    def get_progress(self, plan_id: str) -> dict[str, MemberOutcome]:
-        """The recorded per-member progress of a plan, by member ID.
+    def get_progress(
+        self, plan_id: str, member_ids: Collection[str] | None = None
+    ) -> dict[str, MemberOutcome]:
+        """The recorded per-member progress of a plan (only of *member_ids* if given).
 
         Raises:
             StorageError: SQLite failed.
         """
         if not _encodable(plan_id):
             return {}
-        rows = self._db.select(
+        columns = (
             "SELECT member_id, outcome, reason, sessions_revoked, notified, login_id, at, "
-            "attempted_at FROM progress WHERE plan_id = ?",
-            (plan_id,),
+            "attempted_at FROM progress WHERE plan_id = ?"
         )
+        if member_ids is None:
+            rows = self._db.select(columns, (plan_id,))
+        else:
+            rows = self._db.select(
+                columns + " AND member_id IN (SELECT value FROM json_each(?))",  # noqa: S608
+                (plan_id, _id_list(member_ids)),
+            )
         return {
             row[0]: MemberOutcome(
                 row[0],
