@@ -196,3 +196,20 @@ def test_exclusion_and_enum_reprs_are_readable() -> None:
     assert "Exclusion(member_id='x', reason=ExclusionReason.ACTOR)" == repr(
         Exclusion("x", ExclusionReason.ACTOR)
     )
+
+
+def test_members_read_back_from_a_store_equal_validated_ones() -> None:
+    """The fast path for stored rows builds the same Member, and falls back on odd rows."""
+    from bulkreset._model import member_from_store
+
+    expected = Member("m1", "a@x", "A", "quick_login", "+82", None, "pending", "admin")
+    assert expected == member_from_store(
+        "m1", "a@x", "A", "quick_login", "+82", "", "pending", "admin"
+    )
+    assert hash(expected) == hash(
+        member_from_store("m1", "a@x", "A", "quick_login", "+82", None, "pending", "admin")
+    )
+    with pytest.raises(InvalidInputError):
+        member_from_store("m1", "a@x", "A", "password", None, None, "deleted", "member")
+    with pytest.raises(InvalidInputError):
+        member_from_store(7, "a@x", "A", "password", None, None, "active", "member")  # type: ignore[arg-type]

@@ -11,9 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
-
-import attrs
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _planning
 from ._model import (
@@ -109,6 +107,9 @@ class ApplyRun:
         self.rows: dict[str, MemberOutcome] = {}
         self.failed: dict[str, MemberOutcome] = {}
         self.awaiting_revocation: dict[str, MemberOutcome] = {}
+        self._tokens: dict[str, str] = {}  # this chunk's tokens: derived once
+        self._staged: dict[str, MemberOutcome] = {}
+        self._staged_events: list[AuditEvent] = []
         self.counts: Counter[Outcome] = Counter()
         self.unfinished: list[str] = []
         self.secrets_needed = False
@@ -132,10 +133,12 @@ class ApplyRun:
             self._renew_lease()
             ids = [m.member_id for m in chunk]
             self.rows = self.store.get_progress(self.plan.plan_id, ids)
+            self._tokens.clear()
             self._store_effects(chunk)
             if self.force:
                 self._revoke(ids)
             self._notify(chunk)
+            self._flush()
             self._tally(
                 self.failed.get(i) or self.rows.get(i) or _not_applied(m)
                 for i, m in zip(ids, chunk, strict=True)
@@ -167,6 +170,7 @@ class ApplyRun:
                     for e in missing
                 ]
                 self._update(new, [])
+                self._flush()
                 rows.update((r.member_id, r) for r in new)
             self._tally(rows[i] for i in ids)
 
@@ -270,7 +274,7 @@ class ApplyRun:
             plan_id=self.plan.plan_id,
             credentials=tuple(w for _, _, w, _ in writes if w is not None),
             tokens=tuple(tokens),
-            progress=tuple(attrs.evolve(row, at=now) for _, row, _, _ in writes),
+            progress=tuple(_replace(row, at=now) for _, row, _, _ in writes),
             audit=tuple(event for *_, event in writes),
             owner=self.owner,
         )
@@ -290,10 +294,13 @@ class ApplyRun:
         )
 
     def _token(self, member_id: str) -> str:
-        key = self.record.token_key
-        if key is None:  # erased: every notice was already out
-            raise InvalidTokenError
-        return derive_token(key, self.plan.plan_id, member_id)
+        token = self._tokens.get(member_id)
+        if token is None:
+            key = self.record.token_key
+            if key is None:  # erased: every notice was already out
+                raise InvalidTokenError
+            token = self._tokens[member_id] = derive_token(key, self.plan.plan_id, member_id)
+        return token
 
     def _event(self, action: str, member_id: str, at: datetime, detail: str = "") -> AuditEvent:
         return AuditEvent(
@@ -306,19 +313,38 @@ class ApplyRun:
         )
 
     def _update(self, rows: Sequence[MemberOutcome], events: Sequence[AuditEvent]) -> None:
-        self.store.commit(
-            EffectBatch(
-                self.plan.plan_id, progress=tuple(rows), audit=tuple(events), owner=self.owner
-            )
-        )
-        self.service._emit(events)
+        """Stage progress rows and audit events; :meth:`_flush` writes them together."""
         for row in rows:
             self.rows[row.member_id] = row
+            self._staged[row.member_id] = row
             if row.member_id in self.awaiting_revocation:
                 if row.sessions_revoked:
                     del self.awaiting_revocation[row.member_id]
                 else:
                     self.awaiting_revocation[row.member_id] = row
+        self._staged_events.extend(events)
+
+    def _flush(self) -> None:
+        """Write the staged progress and audit events in one fenced transaction.
+
+        A crash before this repeats only idempotent steps on resume: sessions
+        are revoked again and notices handed again to the notifier (which
+        drops keys it holds); neither is recorded twice.
+        """
+        if not self._staged and not self._staged_events:
+            return
+        events = tuple(self._staged_events)
+        self.store.commit(
+            EffectBatch(
+                self.plan.plan_id,
+                progress=tuple(self._staged.values()),
+                audit=events,
+                owner=self.owner,
+            )
+        )
+        self._staged.clear()
+        self._staged_events.clear()
+        self.service._emit(events)
 
     # sessions ---------------------------------------------------------------
 
@@ -345,7 +371,7 @@ class ApplyRun:
             if revoked:
                 self._update(
                     [
-                        attrs.evolve(r, sessions_revoked=True, reason=_without(r.reason, _SESSIONS))
+                        _replace(r, sessions_revoked=True, reason=_without(r.reason, _SESSIONS))
                         for r in revoked
                     ],
                     [self._event("sessions.revoked", r.member_id, now) for r in revoked],
@@ -357,7 +383,7 @@ class ApplyRun:
                 )
                 self._update(
                     [
-                        attrs.evolve(r, reason=_with(r.reason, _SESSIONS_PENDING), attempted_at=now)
+                        _replace(r, reason=_with(r.reason, _SESSIONS_PENDING), attempted_at=now)
                         for r in rows
                         if r.member_id in failed
                     ],
@@ -381,6 +407,7 @@ class ApplyRun:
             delay = min(delay * 2, MAX_RETRY_DELAY)
             self._renew_lease()
             self._revoke([r.member_id for r in pending])
+            self._flush()
 
     # notices ----------------------------------------------------------------
 
@@ -452,14 +479,14 @@ class ApplyRun:
                         failed.append((group[1], f"{_NOT_DELIVERED} ({describe(exc)})"))
         now = self.service._now()
         rows = [
-            attrs.evolve(row, notified=True, reason=_without(row.reason, _NOTICE))
+            _replace(row, notified=True, reason=_without(row.reason, _NOTICE))
             for _, row, _ in delivered
         ]
         events = [
             self._event("notice.sent", row.member_id, now, ", ".join(n.kind.value for n in notices))
             for _, row, notices in delivered
         ]
-        rows += [attrs.evolve(row, reason=_with(row.reason, why)) for row, why in failed]
+        rows += [_replace(row, reason=_with(row.reason, why)) for row, why in failed]
         self._update(rows, events)
 
     # result -----------------------------------------------------------------
@@ -479,6 +506,20 @@ class ApplyRun:
             finished_at=self.service._now(),
             summary=ResultSummary(dict(self.counts), tuple(self.unfinished)),
         )
+
+
+def _replace(row: MemberOutcome, **changes: Any) -> MemberOutcome:
+    """``attrs.evolve`` for the hot path: a few times faster, same result."""
+    fields: dict[str, Any] = {
+        "reason": row.reason,
+        "sessions_revoked": row.sessions_revoked,
+        "notified": row.notified,
+        "login_id": row.login_id,
+        "at": row.at,
+        "attempted_at": row.attempted_at,
+    }
+    fields.update(changes)
+    return MemberOutcome(row.member_id, row.outcome, **fields)
 
 
 def _not_applied(member: Member) -> MemberOutcome:

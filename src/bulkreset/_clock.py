@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from .errors import InvalidInputError
 
@@ -39,6 +40,7 @@ def read_clock(clock: Clock) -> datetime:
     return to_utc(clock(), what="the clock's time")
 
 
+@lru_cache(maxsize=64)  # a chunk's rows share one instant: format it once
 def to_iso(value: datetime) -> str:
     """Serialize an aware instant as ISO 8601 in UTC with microseconds."""
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds")

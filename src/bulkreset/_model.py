@@ -265,10 +265,63 @@ class Member:
         return fold_login(self.login_id)
 
 
+_SIGN_INS = {m.value: m for m in SignInMethod}
+_STATUSES = {m.value: m for m in MemberStatus}
+_ROLES = {m.value: m for m in Role}
+
+
+def member_from_store(
+    member_id: str,
+    login_id: str,
+    name: str,
+    sign_in: str,
+    mobile_phone: str | None,
+    personal_email: str | None,
+    status: str,
+    role: str,
+) -> Member:
+    """A :class:`Member` read back from a store that only ever held valid members.
+
+    Skips re-validating what was validated when it was stored (a hot path:
+    applying a plan reads every target back), but still refuses an enum value
+    it does not know, or a field of the wrong type, through the full check.
+    """
+    try:
+        fields = (
+            member_id,
+            login_id,
+            name,
+            _SIGN_INS[sign_in],
+            mobile_phone or None,
+            personal_email or None,
+            _STATUSES[status],
+            _ROLES[role],
+        )
+    except (KeyError, TypeError):
+        fields = None
+    if fields is None or not all(isinstance(f, str) for f in fields[:3]):
+        return Member(
+            member_id,
+            login_id,
+            name,
+            sign_in=sign_in,
+            mobile_phone=mobile_phone,
+            personal_email=personal_email,
+            status=status,
+            role=role,
+        )
+    member = object.__new__(Member)
+    for attribute, value in zip(_MEMBER_FIELDS, fields, strict=True):
+        object.__setattr__(member, attribute, value)
+    return member
+
+
 def _positive(instance: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
     if not isinstance(value, timedelta) or value <= timedelta(0):
         raise InvalidInputError(f"{attribute.name} must be a positive timedelta")
 
+
+_MEMBER_FIELDS = tuple(field.name for field in attrs.fields(Member))
 
 MAX_SESSION_DEADLINE = timedelta(minutes=5)
 

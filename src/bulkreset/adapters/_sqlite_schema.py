@@ -28,6 +28,7 @@ from .._model import (
     ResetMode,
     ResetPlan,
     WarningKind,
+    member_from_store,
 )
 from ..errors import StorageError
 
@@ -280,16 +281,7 @@ def member_to_row(member: Member) -> tuple[str | None, ...]:
 
 def member_from_row(row: Sequence[Any]) -> Member:
     """The :class:`Member` of a row laid out as :func:`member_to_row` writes it."""
-    return Member(
-        row[0],
-        row[1],
-        row[2],
-        sign_in=row[3],
-        mobile_phone=row[4],
-        personal_email=row[5],
-        status=row[6],
-        role=row[7],
-    )
+    return member_from_store(*row[:8])
 
 
 def _member_json(member: Member) -> dict[str, str | None]:
