@@ -1142,3 +1142,40 @@ def test_no_secret_reaches_any_output_report_or_listing(
     assert [PASSWORD] == list({n.password for n in pending if n.password})
     text = "\n".join(outputs)
     assert [] == [s[:8] for s in [PASSWORD, *tokens] if s in text]
+
+
+def test_generated_passwords_through_the_command(
+    run: Run, db: str, tmp_path: Path, service: ResetService
+) -> None:
+    """plan --generate-passwords asks for no password; apply --handoff writes them owner-only."""
+    code, out, err = run(
+        "--db", db, "plan", "--actor", "admin", "--mode", "force", "--all",
+        "--generate-passwords", "--json", stdin="",
+    )  # fmt: skip
+    assert (0, "") == (code, err)
+    plan = json.loads(out)
+    handoff = tmp_path / "handoff.csv"
+    code, out, err = run(
+        "--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"],
+        "--handoff", str(handoff),
+    )  # fmt: skip
+    assert (0, "") == (code, err)
+    assert "owner-only" in out
+    assert 0o600 == handoff.stat().st_mode & 0o777
+    with handoff.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert plan["targets"] == len(rows)
+    assert all(service.authenticate(r["login_id"], r["temporary_password"]).ok for r in rows)
+    assert all(r["temporary_password"] not in out for r in rows)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--mode", "request", "--generate-passwords"], ["--generate-passwords", "--password-stdin"]],
+)
+def test_generated_password_options_are_checked(run: Run, db: str, extra: list[str]) -> None:
+    """--generate-passwords is force-only and takes no password."""
+    args = ["--mode", "force", *extra] if extra[0] != "--mode" else extra
+    code, _, err = run("--db", db, "plan", "--actor", "admin", "--all", *args, stdin="x\n")
+    assert 2 == code
+    one_line_error(err)

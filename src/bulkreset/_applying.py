@@ -11,9 +11,12 @@ import logging
 from collections import Counter
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _planning
+from ._handoff import write_handoff
+from ._hashing import hash_many
 from ._model import (
     IN_MEMORY_LIMIT,
     AuditEvent,
@@ -29,7 +32,7 @@ from ._model import (
     ResultSummary,
     is_unfinished,
 )
-from ._tokens import derive_token, token_digest
+from ._tokens import derive_password, derive_token, token_digest
 from .errors import InvalidTokenError, PlanInProgressError, RetryLaterError
 from .ports import CredentialWrite, EffectBatch, PlanRecord, Storage, TokenRecord
 
@@ -63,6 +66,8 @@ def _without(reason: str | None, topic: str) -> str | None:
     """*reason* without its parts about *topic* (``"sessions"`` or ``"notice"``)."""
     return "; ".join(p for p in _parts(reason) if not p.startswith(topic)) or None
 
+
+_Write = tuple[Member, MemberOutcome, "CredentialWrite | None", AuditEvent]
 
 LEASE = timedelta(minutes=2)
 """How long an apply's claim on its plan lasts; renewed after every chunk."""
@@ -203,7 +208,7 @@ class ApplyRun:
         credentials = self.store.get_credentials(ids)
         actor = self.store.get_members([self.plan.actor]).get(self.plan.actor)
         now = self.service._now()
-        writes: list[tuple[Member, MemberOutcome, CredentialWrite | None, AuditEvent]] = []
+        writes: list[_Write] = []
         for planned in todo:
             member = current.get(planned.member_id)
             reason = (
@@ -238,6 +243,8 @@ class ApplyRun:
                 row = MemberOutcome(member.member_id, Outcome.REQUESTED, login_id=member.login_id)
                 event = self._event("member.requested", member.member_id, now)
             writes.append((member, row, write, event))
+        if self.settings.generate_passwords:
+            writes = self._with_generated_passwords(writes)
         try:
             self._commit(writes, now)
         except PlanInProgressError:
@@ -257,6 +264,38 @@ class ApplyRun:
                         login_id=one[0].login_id,
                     )
                     self.failed[failed.member_id] = failed
+
+    def _with_generated_passwords(self, writes: list[_Write]) -> list[_Write]:
+        """Give each reset its own derived password, hashed in parallel across cores."""
+        resets = [i for i, (_, _, write, _) in enumerate(writes) if write is not None]
+        passwords = [self._password(writes[i][0].member_id) for i in resets]
+        hashes = hash_many(passwords, hasher=self.service.hasher, workers=self.service.hash_workers)
+        for i, password_hash in zip(resets, hashes, strict=True):
+            member, row, write, event = writes[i]
+            assert write is not None
+            own = CredentialWrite(
+                write.member_id,
+                at=write.at,
+                must_change=write.must_change,
+                password_hash=password_hash,
+            )
+            writes[i] = (member, row, own, event)
+        return writes
+
+    def _password(self, member_id: str) -> str:
+        key = self.record.token_key
+        if key is None:  # erased: every password was already handed over
+            raise InvalidTokenError
+        return derive_password(key, self.plan.plan_id, member_id)
+
+    def write_handoff(self, path: Path, result: ResetResult) -> int:
+        """Write every member this plan reset, with their generated password, to *path*."""
+        rows = (
+            (o.member_id, o.login_id, self._password(o.member_id))
+            for o in result.outcomes.values()
+            if o.outcome is Outcome.RESET
+        )
+        return write_handoff(path, rows)
 
     def _commit(
         self,
@@ -424,7 +463,7 @@ class ApplyRun:
             notices.append(
                 Notice(
                     kind=NoticeKind.PASSWORD_RESET,
-                    password=self.record.password if self.settings.deliver_password else None,
+                    password=self._delivered_password(member.member_id),
                     idempotency_key=f"{self.plan.plan_id}:{member.member_id}:password_reset",
                     recipient=member.personal_email or member.login_id,
                     **base,  # type: ignore[arg-type]
@@ -443,6 +482,13 @@ class ApplyRun:
                 )
             )
         return notices
+
+    def _delivered_password(self, member_id: str) -> str | None:
+        if not self.settings.deliver_password:
+            return None
+        if self.settings.generate_passwords:
+            return self._password(member_id)
+        return self.record.password
 
     def _notify(self, chunk: Sequence[Member]) -> None:
         due = [

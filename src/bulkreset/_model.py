@@ -332,9 +332,16 @@ class ResetPolicy:
 
     Args:
         mode: :attr:`ResetMode.FORCE_CHANGE` or :attr:`ResetMode.REQUEST_CHANGE`.
-        new_password: The shared new password (R1): required for force change,
-            forbidden for request change. Checked against ``rules`` by
-            ``plan``. Never shown by ``repr``.
+        new_password: The shared new password (R1): required for force change
+            (unless ``generate_passwords``), forbidden for request change.
+            Checked against ``rules`` by ``plan``. Never shown by ``repr``.
+        generate_passwords: Force change: instead of one shared password, give
+            each target its own random temporary password (20 symbols, 116.7
+            bits, from the plan's secret key, so a resumed apply sends the
+            same one). Each is hashed on its own (one Argon2id hash a member,
+            spread over every core). They reach members only through the
+            notices (with ``deliver_password``) or a hand-off file
+            (``apply(..., handoff=path)``, created owner-only).
         require_change_at_next_login: Force change: the member must change the
             password at their next sign-in (default ``True``).
         follow_with_request: Force change: also send each target a change
@@ -358,6 +365,7 @@ class ResetPolicy:
 
     mode: ResetMode = attrs.field(converter=_to_mode)
     new_password: str | None = attrs.field(default=None, kw_only=True, repr=False)
+    generate_passwords: bool = attrs.field(default=False, kw_only=True)
     require_change_at_next_login: bool = attrs.field(default=True, kw_only=True)
     follow_with_request: bool = attrs.field(default=False, kw_only=True)
     deliver_password: bool = attrs.field(default=False, kw_only=True)
@@ -374,14 +382,17 @@ class ResetPolicy:
 
     def __attrs_post_init__(self) -> None:
         if self.mode is ResetMode.FORCE_CHANGE:
-            if self.new_password is None:
-                raise InvalidInputError("force change needs new_password")
+            if self.generate_passwords and self.new_password is not None:
+                raise InvalidInputError("generate_passwords takes no new_password")
+            if not self.generate_passwords and self.new_password is None:
+                raise InvalidInputError("force change needs new_password or generate_passwords")
         else:
             if self.new_password is not None:
                 raise InvalidInputError("request change takes no new_password")
-            if self.follow_with_request or self.deliver_password:
+            if self.follow_with_request or self.deliver_password or self.generate_passwords:
                 raise InvalidInputError(
-                    "follow_with_request and deliver_password belong to force change"
+                    "follow_with_request, deliver_password and generate_passwords "
+                    "belong to force change"
                 )
         if self.session_deadline > MAX_SESSION_DEADLINE:
             raise InvalidInputError("session_deadline may be at most 5 minutes (R3)")
@@ -400,6 +411,7 @@ class PlanSettings:
     """A :class:`ResetPolicy` as a plan keeps it: every option but the password."""
 
     mode: ResetMode
+    generate_passwords: bool = False
     require_change_at_next_login: bool = True
     follow_with_request: bool = False
     deliver_password: bool = False
@@ -413,6 +425,7 @@ class PlanSettings:
         """A JSON-ready dict; durations in seconds."""
         return {
             "mode": self.mode.value,
+            "generate_passwords": self.generate_passwords,
             "require_change_at_next_login": self.require_change_at_next_login,
             "follow_with_request": self.follow_with_request,
             "deliver_password": self.deliver_password,

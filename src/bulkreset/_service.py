@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from . import _planning
 from ._applying import LEASE, ApplyRun, chunks
 from ._clock import Clock, read_clock, system_clock, to_utc
+from ._handoff import check_handoff_path
 from ._model import (
     ALL,
     AuditEvent,
@@ -83,6 +85,8 @@ class ResetService:
         chunk_size: Targets written per transaction by ``apply``.
         sleep: Waits between session revocation retries, in seconds
             (default :func:`time.sleep`; tests pass one that moves a fake clock).
+        hash_workers: Hashes computed at once for generated per-member
+            passwords (default: one per core; see :mod:`bulkreset._hashing`).
 
     A service object holds no per-call state: share one across threads if its
     ports allow it.
@@ -100,6 +104,7 @@ class ResetService:
         rules: PasswordRules | None = None,
         chunk_size: int = 1000,
         sleep: Callable[[float], None] | None = None,
+        hash_workers: int | None = None,
     ) -> None:
         if chunk_size < 1:
             raise InvalidInputError("chunk_size must be at least 1")
@@ -112,6 +117,7 @@ class ResetService:
         self._audit_sink = audit
         self._chunk_size = chunk_size
         self._sleep = sleep if sleep is not None else time.sleep
+        self.hash_workers = hash_workers
         self._dummy_hash: str | None = None
 
     def __repr__(self) -> str:
@@ -204,15 +210,14 @@ class ResetService:
         force = policy.mode is ResetMode.FORCE_CHANGE
         password_hash = password = token_key = None
         folded_password = None
-        if force:
-            assert policy.new_password is not None  # guaranteed by ResetPolicy
+        if force and policy.new_password is not None:  # one shared password
             policy.rules.check(policy.new_password)  # the login-ID rule is checked below
             folded_password = fold_login(policy.new_password)
             password_hash = self._hash(policy.new_password)
             if policy.deliver_password:
                 password = policy.new_password
-        if not force or policy.follow_with_request:
-            token_key = secrets.token_bytes(32)
+        if not force or policy.follow_with_request or policy.generate_passwords:
+            token_key = secrets.token_bytes(32)  # derives tokens and generated passwords
         plan_id = _planning.new_plan_id()
         tally = _planning.PlanTally()
         with self.store.write_plan(plan_id) as writer:
@@ -293,6 +298,7 @@ class ResetService:
         *,
         confirm: str | None,
         progress: ProgressCallback | None = None,
+        handoff: str | os.PathLike[str] | None = None,
     ) -> ResetResult:
         """Apply a confirmed plan; safe to call again to resume or re-check it.
 
@@ -308,6 +314,10 @@ class ResetService:
             plan: The :class:`ResetPlan` or its ID.
             confirm: The plan's confirmation code (case, spaces and dashes ignored).
             progress: Called as ``progress(done, total)`` after each chunk.
+            handoff: With ``generate_passwords``: a new file to write every
+                reset member's temporary password to, as CSV (member ID,
+                login ID, password), created owner-only (mode 0600). Needed
+                unless the policy delivers the passwords in the notices.
 
         Returns:
             A :class:`ResetResult` covering every selected member.
@@ -320,11 +330,24 @@ class ResetService:
                 a lease of 2 minutes, renewed after every chunk, so the lock of a
                 crashed apply lapses within 2 minutes).
             AuthorizationError: the plan's actor is no longer an active administrator.
+            InvalidInputError: generated passwords with neither
+                ``deliver_password`` nor *handoff*, or a *handoff* path that
+                exists or whose directory does not.
         """
         record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
         if not _planning.codes_match(confirm, record.plan.confirmation):
             raise ConfirmationError("the confirmation code does not match the plan")
         self._authorize(record.plan.actor)  # still an active administrator?
+        settings = record.plan.settings
+        if handoff is not None:
+            handoff = check_handoff_path(handoff)
+            if not settings.generate_passwords:
+                raise InvalidInputError("a hand-off file is for plans that generate passwords")
+        elif settings.generate_passwords and not settings.deliver_password:
+            raise InvalidInputError(
+                "generated passwords reach members only in the notices (deliver_password) "
+                "or a hand-off file: give handoff"
+            )
         now = self._now()
         if record.started_at is None and now >= record.plan.expires_at:
             raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
@@ -340,6 +363,8 @@ class ResetService:
         try:
             run = ApplyRun(self, record, progress, owner=owner)
             result = run.execute()
+            if handoff is not None:
+                run.write_handoff(handoff, result)
             all_notified = run.all_notified
             finished = result.finished_at if not result.unfinished else None
         finally:

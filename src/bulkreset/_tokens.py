@@ -18,7 +18,13 @@ from datetime import datetime
 
 from .ports import TokenRecord
 
-__all__ = ["MAX_TOKEN_LENGTH", "derive_token", "token_digest", "token_is_live"]
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "derive_password",
+    "derive_token",
+    "token_digest",
+    "token_is_live",
+]
 
 MAX_TOKEN_LENGTH = 128
 """Longer input cannot be a token and is refused before any work."""
@@ -29,6 +35,34 @@ def derive_token(key: bytes, plan_id: str, member_id: str) -> str:
     message = b"bulkreset-token\x00" + plan_id.encode() + b"\x00" + member_id.encode()
     raw = hmac.new(key, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def derive_password(
+    key: bytes, plan_id: str, member_id: str, *, length: int = 20, group: int = 5
+) -> str:
+    """The member's generated temporary password for this plan (per-member passwords).
+
+    Like :func:`derive_token`, derived from the plan's key (HMAC-SHA-256 in
+    counter mode, each byte mapped to the 57-symbol alphabet of
+    :func:`bulkreset._hashing.generate_password` by rejection sampling, so
+    every symbol is uniform): an apply that resumes after a crash delivers
+    the same password it may already have set. *length* symbols carry
+    ``length * log2(57)`` bits (116.7 for 20).
+    """
+    from ._hashing import ALPHABET
+
+    symbols: list[str] = []
+    limit = 256 - 256 % len(ALPHABET)  # unbiased: drop bytes past a multiple of 57
+    counter = 0
+    label = b"bulkreset-password\x00" + plan_id.encode() + b"\x00" + member_id.encode()
+    while len(symbols) < length:
+        block = hmac.new(key, label + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+        symbols += [ALPHABET[b % len(ALPHABET)] for b in block if b < limit]
+        counter += 1
+    text = "".join(symbols[:length])
+    if group <= 0:
+        return text
+    return "-".join(text[i : i + group] for i in range(0, length, group))
 
 
 def token_digest(token: str) -> str:

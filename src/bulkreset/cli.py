@@ -5,8 +5,10 @@ Subcommands (SPEC §8)::
     bulkreset --db PATH import FILE.csv [--format native|google-workspace] [--admin LOGIN_OR_ID]
     bulkreset --db PATH plan --mode force|request (--all | --members ID,ID | --members-file FILE)
                              --actor ID [--password-stdin | --password-file FILE]
-                             [--then-request] [--deliver-password] [--json]
-    bulkreset --db PATH apply PLAN_ID [--confirm CODE] [--report FILE.csv|FILE.json] [--json]
+                             [--then-request] [--deliver-password] [--generate-passwords]
+                             [--json]
+    bulkreset --db PATH apply PLAN_ID [--confirm CODE] [--report FILE.csv|FILE.json]
+                                      [--handoff FILE] [--json]
     bulkreset --db PATH outbox [--json] [--send --smtp HOST:PORT [--sender ADDRESS]
                                [--starttls] [--reset-url URL]]
     bulkreset demo
@@ -178,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="force mode: put the new password in the notices (discouraged, OWASP ASVS 2.5.1)",
     )
+    plan.add_argument(
+        "--generate-passwords",
+        action="store_true",
+        help="force mode: give each target its own random temporary password instead of one "
+        "shared password (handed over in the notices with --deliver-password, or in a "
+        "hand-off file: apply --handoff FILE)",
+    )
     plan.add_argument("--json", action="store_true", help="print one JSON object")
 
     apply = commands.add_parser(
@@ -198,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report",
         metavar="FILE.csv|FILE.json",
         help="write one row per selected member (no secrets); the suffix picks the format",
+    )
+    apply.add_argument(
+        "--handoff",
+        metavar="FILE",
+        help="plans with generated passwords: write every reset member's temporary password "
+        "to this new file, readable by its owner only (delete it once handed over)",
     )
     apply.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -434,14 +449,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     force = mode is ResetMode.FORCE_CHANGE
     if not force and (args.password_stdin or args.password_file is not None):
         raise UsageError("--mode request takes no password (members choose their own)")
-    if not force and (args.then_request or args.deliver_password):
-        raise UsageError("--then-request and --deliver-password belong to --mode force")
+    if not force and (args.then_request or args.deliver_password or args.generate_passwords):
+        raise UsageError(
+            "--then-request, --deliver-password and --generate-passwords belong to --mode force"
+        )
+    if args.generate_passwords and (args.password_stdin or args.password_file is not None):
+        raise UsageError("--generate-passwords takes no password: each target gets its own")
     path = _database(args)
     selection = _selection(args)
-    password = _read_password(args) if force else None
+    password = _read_password(args) if force and not args.generate_passwords else None
     policy = ResetPolicy(
         mode,
         new_password=password,
+        generate_passwords=args.generate_passwords,
         follow_with_request=args.then_request,
         deliver_password=args.deliver_password,
     )
@@ -534,7 +554,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         code = args.confirm if args.confirm is not None else _ask_confirmation(plan)
         bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
         try:
-            result = service.apply(plan, confirm=code, progress=bar)
+            result = service.apply(plan, confirm=code, progress=bar, handoff=args.handoff)
         finally:
             if bar is not None:
                 bar.close()
@@ -553,12 +573,18 @@ def _cmd_apply(args: argparse.Namespace) -> int:
                     f"the plan was applied, but the report could not be written "
                     f"({exc.strerror or exc}); apply it again with --report to write it"
                 ) from None
+        # Print while the store is open: a big result is read from it a page at a time.
+        if args.json:
+            _json(result_document(result, report))
+        else:
+            _print_result(result, plan, report)
+            if args.handoff is not None:
+                _out(
+                    f"Temporary passwords written to {args.handoff} (owner-only): hand them "
+                    "over, then delete the file."
+                )
     finally:
         _close(service)
-    if args.json:
-        _json(result_document(result, report))
-    else:
-        _print_result(result, plan, report)
     return 0 if result.ok else 1  # failed, not signed out, or not notified yet
 
 

@@ -198,7 +198,8 @@ class MemoryStorage:
         self, plan_id: str, owner: str, *, finished_at: datetime | None, erase_secrets: bool
     ) -> None:
         with self._lock:
-            if self._leases.get(plan_id, ("",))[0] == owner:
+            holder = self._leases.get(plan_id)
+            if holder is not None and holder[0] == owner:
                 del self._leases[plan_id]
             record = self._plans[plan_id]
             changes: dict[str, Any] = {}
