@@ -136,3 +136,13 @@ def test_derived_passwords_are_uniform_strong_and_stable() -> None:
     assert set(symbols) <= set(ALPHABET)
     assert len(set(symbols)) == len(ALPHABET)  # every symbol shows up
     assert 40 == len(derive_password(key, "p", "m", length=40, group=0))
+
+
+def test_generated_password_progress_comes_in_small_steps(make_service: Any) -> None:
+    """Hashing one password a member is slow: progress is reported every few members."""
+    service = make_service(hash_workers=1)
+    selection = [*TARGETS, "q1", "admin", "admin2"]
+    plan = service.plan(selection, generated(deliver_password=True), actor="boss")
+    seen: list[int] = []
+    service.apply(plan, confirm=plan.confirmation, progress=lambda done, total: seen.append(done))
+    assert [4, 5] == seen  # chunks of 4 * workers targets (q1 is excluded: no password)

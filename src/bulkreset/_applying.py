@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _planning
 from ._handoff import write_handoff
-from ._hashing import hash_many
+from ._hashing import effective_workers, hash_many
 from ._model import (
     IN_MEMORY_LIMIT,
     AuditEvent,
@@ -134,7 +134,13 @@ class ApplyRun:
         targets = self.plan.targets
         total = len(targets)
         done = 0
-        for chunk in chunks(targets, self.service._chunk_size):
+        size = self.service._chunk_size
+        if self.settings.generate_passwords:
+            # A hash takes ~0.1 s: small chunks keep progress (and a bar) moving every
+            # second or so, and give the hashing pool 4 passwords a worker.
+            workers = effective_workers(self.service.hasher, self.service.hash_workers)
+            size = min(size, 4 * workers)
+        for chunk in chunks(targets, size):
             self._renew_lease()
             ids = [m.member_id for m in chunk]
             self.rows = self.store.get_progress(self.plan.plan_id, ids)
