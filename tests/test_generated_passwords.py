@@ -146,3 +146,15 @@ def test_generated_password_progress_comes_in_small_steps(make_service: Any) -> 
     seen: list[int] = []
     service.apply(plan, confirm=plan.confirmation, progress=lambda done, total: seen.append(done))
     assert [4, 5] == seen  # chunks of 4 * workers targets (q1 is excluded: no password)
+
+
+def test_a_finished_plan_has_no_passwords_left_to_hand_over(
+    service: ResetService, tmp_path: Path
+) -> None:
+    """Once handed over, a plan's key is erased: a second hand-off is refused, no file made."""
+    plan = service.plan(TARGETS, generated(), actor="admin")
+    service.apply(plan, confirm=plan.confirmation, handoff=tmp_path / "first.csv")
+    assert service.store.load_plan(plan.plan_id).token_key is None  # type: ignore[union-attr]
+    with pytest.raises(InvalidInputError, match="erased"):
+        service.apply(plan, confirm=plan.confirmation, handoff=tmp_path / "second.csv")
+    assert not (tmp_path / "second.csv").exists()

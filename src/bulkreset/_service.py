@@ -343,6 +343,11 @@ class ResetService:
             handoff = check_handoff_path(handoff)
             if not settings.generate_passwords:
                 raise InvalidInputError("a hand-off file is for plans that generate passwords")
+            if record.token_key is None:
+                raise InvalidInputError(
+                    "this plan's temporary passwords were handed over and erased; "
+                    "make a new plan to reset them again"
+                )
         elif settings.generate_passwords and not settings.deliver_password:
             raise InvalidInputError(
                 "generated passwords reach members only in the notices (deliver_password) "
