@@ -158,3 +158,24 @@ def test_a_finished_plan_has_no_passwords_left_to_hand_over(
     with pytest.raises(InvalidInputError, match="erased"):
         service.apply(plan, confirm=plan.confirmation, handoff=tmp_path / "second.csv")
     assert not (tmp_path / "second.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "a\x00b", "/proc/handoff.csv"])
+def test_an_uncreatable_hand_off_file_is_refused_before_any_change(
+    service: ResetService, tmp_path: Path, name: str
+) -> None:
+    """A name too long, with a NUL, or in a place files cannot be made: refused, nothing reset."""
+    plan = service.plan(TARGETS, generated(), actor="admin")
+    path = name if name.startswith("/") else str(tmp_path / name)
+    with pytest.raises(InvalidInputError):
+        service.apply(plan, confirm=plan.confirmation, handoff=path)
+    assert {} == service.store.get_credentials(TARGETS)
+    assert ["plan.created"] == [e.action for e in service.audit_events()]
+
+
+def test_precautions_of_generated_passwords_say_so(service: ResetService) -> None:
+    """The administrator confirms against what will really happen."""
+    plan = service.plan(TARGETS, generated(deliver_password=True), actor="admin")
+    assert any("own random temporary password" in p for p in plan.precautions)
+    assert any("temporary password will be sent" in p for p in plan.precautions)
+    assert not any("the same new password" in p for p in plan.precautions)

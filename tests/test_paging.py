@@ -175,3 +175,46 @@ def test_memory_plan_writer_without_finish_keeps_nothing() -> None:
         writer.add([PlanEntry("x")])
     assert store.load_plan("plan-y") is None
     assert [] == store.audit_events()
+
+
+def test_paged_sequence_slices_with_any_step() -> None:
+    """Negative and odd steps give what a tuple gives; a non-integer index is a TypeError."""
+    data = tuple(range(10))
+    paged = PagedSequence(10, lambda a, b: data[a:b])
+    for index in [slice(None, None, -1), slice(5, 1, -1), slice(1, 9, 3), slice(-3, None)]:
+        assert data[index] == paged[index]
+    with pytest.raises(TypeError):
+        paged[1.0]  # type: ignore[call-overload]
+
+
+@pytest.mark.usefixtures("small_limit")
+def test_a_big_plan_through_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """plan and apply print a big plan (read from the store) before closing it."""
+    from bulkreset import cli
+
+    path = tmp_path / "cli.db"
+    seed = open_service(path, hasher=cheap_hasher)
+    seed.store.add_members(members(12))  # type: ignore[attr-defined]
+    seed.store.close()  # type: ignore[attr-defined]
+    monkeypatch.setattr(cli, "_connect", lambda p: open_service(p, hasher=cheap_hasher))
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(PW + "\n"))
+    code = cli.main(
+        ["--db", str(path), "plan", "--mode", "force", "--all", "--actor", "admin",
+         "--password-stdin", "--json"]
+    )  # fmt: skip
+    assert 0 == code
+    for extra in ([], ["--json"]):
+        plan_args = ["--db", str(path), "plan", "--mode", "request", "--all", "--actor", "admin"]
+        assert 0 == cli.main([*plan_args, *extra])
+
+
+def test_a_closed_store_says_so(
+    tmp_path: Path, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """Reading a big plan after closing its store names the cause."""
+    service = open_service(tmp_path / "c.db", clock=clock, hasher=cheap_hasher)
+    service.store.close()  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="closed"):
+        service.store.get_members(["x"])

@@ -11,11 +11,10 @@ import logging
 from collections import Counter
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _planning
-from ._handoff import write_handoff
+from ._handoff import HandoffFile
 from ._hashing import effective_workers, hash_many
 from ._model import (
     IN_MEMORY_LIMIT,
@@ -294,14 +293,14 @@ class ApplyRun:
             raise InvalidTokenError
         return derive_password(key, self.plan.plan_id, member_id)
 
-    def write_handoff(self, path: Path, result: ResetResult) -> int:
-        """Write every member this plan reset, with their generated password, to *path*."""
+    def write_handoff(self, handoff: HandoffFile, result: ResetResult) -> int:
+        """Write every member this plan reset, with their generated password, to *handoff*."""
         rows = (
             (o.member_id, o.login_id, self._password(o.member_id))
             for o in result.outcomes.values()
             if o.outcome is Outcome.RESET
         )
-        return write_handoff(path, rows)
+        return handoff.write(rows)
 
     def _commit(
         self,

@@ -37,11 +37,7 @@ from pathlib import Path
 from ._report import safe_cell
 from .errors import InvalidInputError
 
-__all__ = [
-    "COLUMNS",
-    "check_handoff_path",
-    "write_handoff",
-]
+__all__ = ["COLUMNS", "HandoffFile", "write_handoff"]
 
 COLUMNS = ("member_id", "login_id", "temporary_password")
 """The hand-off file's columns, in order."""
@@ -53,27 +49,72 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
 
 
-def check_handoff_path(path: str | os.PathLike[str]) -> Path:
-    """Check, before anything changes, that a hand-off file can be created at *path*.
+class HandoffFile:
+    """A new hand-off file, created owner-only before anything else happens.
 
-    Raises:
-        InvalidInputError: *path* is not a usable file name, exists already
-            (also as a link or directory), or its directory does not exist.
+    ``ResetService.apply`` creates it first, so a file that cannot be created
+    (a taken name, a missing or read-only directory, a name too long) is
+    refused before any member is reset; it writes the rows once the apply is
+    done, or deletes the empty file if the apply fails.
     """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path, fd = _create(path)
+        self._fd: int | None = fd
+
+    def write(self, rows: Iterable[tuple[str, str, str]]) -> int:
+        """Write the header and *rows*, fsync, close; return the number of rows.
+
+        Raises:
+            InvalidInputError: a row is malformed (see :func:`write_handoff`);
+                the file is deleted.
+            OSError: writing failed; the file is deleted.
+        """
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise InvalidInputError("the hand-off file was already written or discarded")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle, lineterminator="\r\n")
+                writer.writerow(COLUMNS)
+                count = 0
+                for count, row in enumerate(rows, start=1):
+                    writer.writerow(_cells(count, row))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+        _fsync_directory(self.path.parent)
+        return count
+
+    def discard(self) -> None:
+        """Close and delete the file if it was not written."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+
+
+def _create(path: str | os.PathLike[str]) -> tuple[Path, int]:
     try:
         target = Path(path)
-        exists = os.path.lexists(target)
-        directory = target.parent.is_dir()
-        os.fsencode(target)
+        fd = os.open(target, _FLAGS, _MODE)
+    except FileExistsError:
+        raise InvalidInputError(
+            f"{str(path)!r:.120} already exists; a hand-off file is always new"
+        ) from None
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"no directory {str(Path(path).parent)!r:.120} for the hand-off file"
+        ) from None
     except (TypeError, ValueError):
         raise InvalidInputError("the hand-off file name is not usable") from None
-    if exists:
+    except OSError as exc:
         raise InvalidInputError(
-            f"{str(target)!r:.120} already exists; a hand-off file is always new"
-        )
-    if not directory:
-        raise InvalidInputError(f"no directory {str(target.parent)!r:.120} for the hand-off file")
-    return target
+            f"cannot create the hand-off file {str(path)!r:.120}: {exc.strerror or exc}"
+        ) from None
+    return target, fd
 
 
 def write_handoff(path: str | os.PathLike[str], rows: Iterable[tuple[str, str, str]]) -> int:
@@ -103,39 +144,15 @@ def write_handoff(path: str | os.PathLike[str], rows: Iterable[tuple[str, str, s
         The number of member rows written (the header not counted).
 
     Raises:
-        InvalidInputError: *path* exists (also a directory or a link) or its
-            directory does not; a row is not three strings; a password is
-            empty or starts with a formula character (``=``, ``+``, ``-``,
+        InvalidInputError: *path* exists (also a directory or a link), its
+            directory does not, or it cannot be created (a name too long, a
+            NUL, a read-only place); a row is not three strings; a password
+            is empty or starts with a formula character (``=``, ``+``, ``-``,
             ``@``, tab, carriage return). The message names the row, never
             the password. The existing file, if any, is left untouched.
-        OSError: the file cannot be created or written (permissions, disk
-            full); nothing is left behind.
+        OSError: the file cannot be written (disk full); nothing is left behind.
     """
-    target = Path(path)
-    try:
-        fd = os.open(target, _FLAGS, _MODE)
-    except FileExistsError:
-        raise InvalidInputError(
-            f"{str(target)!r:.120} already exists; a hand-off file is always new"
-        ) from None
-    except FileNotFoundError:
-        raise InvalidInputError(
-            f"no directory {str(target.parent)!r:.120} for the hand-off file"
-        ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\r\n")
-            writer.writerow(COLUMNS)
-            count = 0
-            for count, row in enumerate(rows, start=1):
-                writer.writerow(_cells(count, row))
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    _fsync_directory(target.parent)
-    return count
+    return HandoffFile(path).write(rows)
 
 
 def _cells(number: int, row: tuple[str, str, str]) -> tuple[str, str, str]:

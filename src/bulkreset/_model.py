@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import html
+import operator
 import re
 import unicodedata
 from collections import Counter
@@ -526,10 +527,15 @@ class PagedSequence(Sequence[T]):
 
     def __getitem__(self, index: int | slice) -> T | Sequence[T]:
         if isinstance(index, slice):
-            start, stop, step = index.indices(self._length)
-            if step != 1:
-                return tuple(self[start:stop])[::step]
-            return tuple(self._fetch(start, stop)) if start < stop else ()
+            positions = range(*index.indices(self._length))
+            if not positions:
+                return ()
+            low, high = min(positions), max(positions) + 1
+            block = self._fetch(low, high)
+            if positions.step == 1:
+                return tuple(block)
+            return tuple(block[i - low] for i in positions)
+        index = operator.index(index)  # a TypeError for what a tuple refuses too
         position = index + self._length if index < 0 else index
         if not 0 <= position < self._length:
             raise IndexError("index out of range")

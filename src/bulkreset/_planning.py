@@ -147,11 +147,23 @@ def precautions(
             else ""
         )
         minutes = int(settings.session_deadline.total_seconds() // 60) or 1
+        if settings.generate_passwords:
+            got = f"{who} will each get their own random temporary password{change}."
+            hand_over = (
+                "Hand each member their temporary password directly (from the hand-off "
+                "file: apply --handoff), or tell them how to reset it: they cannot read mail "
+                "sent to the work account once signed out."
+            )
+        else:
+            got = f"{who} will get the same new password{change}."
+            hand_over = (
+                "Deliver the new password to them directly, or tell them how to find it and "
+                "reset it: they cannot read mail sent to the work account once signed out."
+            )
         lines += [
-            f"{who} will get the same new password{change}.",
+            got,
             f"They will be signed out of every session within {minutes} minute(s).",
-            "Deliver the new password to them directly, or tell them how to find it and "
-            "reset it: they cannot read mail sent to the work account once signed out.",
+            hand_over,
             f"{_plural(cannot_self_recover, 'target has', 'targets have')} no mobile phone "
             "number and no personal email and cannot recover a forgotten password themselves.",
         ]
@@ -162,8 +174,13 @@ def precautions(
                 "password will not be changed (excluded)."
             )
         if settings.deliver_password:
+            what = (
+                "Each member's temporary password"
+                if settings.generate_passwords
+                else "The new password"
+            )
             lines.append(
-                "The new password will be sent in the notices. Sending passwords is discouraged "
+                f"{what} will be sent in the notices. Sending passwords is discouraged "
                 "(OWASP ASVS 2.5.1): prefer handing it over directly."
             )
         if settings.follow_with_request:

@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from . import _planning
 from ._applying import LEASE, ApplyRun, chunks
 from ._clock import Clock, read_clock, system_clock, to_utc
-from ._handoff import check_handoff_path
+from ._handoff import HandoffFile
 from ._model import (
     ALL,
     AuditEvent,
@@ -340,7 +340,6 @@ class ResetService:
         self._authorize(record.plan.actor)  # still an active administrator?
         settings = record.plan.settings
         if handoff is not None:
-            handoff = check_handoff_path(handoff)
             if not settings.generate_passwords:
                 raise InvalidInputError("a hand-off file is for plans that generate passwords")
             if record.token_key is None:
@@ -357,7 +356,10 @@ class ResetService:
         if record.started_at is None and now >= record.plan.expires_at:
             raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
         owner = secrets.token_hex(8)
+        handoff_file = HandoffFile(handoff) if handoff is not None else None  # before any change
         if not self.store.claim_plan(record.plan.plan_id, owner, now, now + LEASE):
+            if handoff_file is not None:
+                handoff_file.discard()
             raise PlanInProgressError(
                 f"plan {record.plan.plan_id} is being applied elsewhere; if an earlier apply "
                 f"was interrupted, its lock lapses within {LEASE.seconds // 60} minutes"
@@ -368,11 +370,14 @@ class ResetService:
         try:
             run = ApplyRun(self, record, progress, owner=owner)
             result = run.execute()
-            if handoff is not None:
-                run.write_handoff(handoff, result)
+            if handoff_file is not None:
+                run.write_handoff(handoff_file, result)
+                handoff_file = None
             all_notified = run.all_notified
             finished = result.finished_at if not result.unfinished else None
         finally:
+            if handoff_file is not None:  # the apply failed before writing it
+                handoff_file.discard()
             self.store.release_plan(
                 record.plan.plan_id, owner, finished_at=finished, erase_secrets=all_notified
             )

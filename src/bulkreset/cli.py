@@ -468,12 +468,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     service = _connect(path)
     try:
         plan = service.plan(selection, policy, actor=args.actor)
+        # Print while the store is open: a big plan is read from it a page at a time.
+        if args.json:
+            _json(plan_document(plan))
+        else:
+            _print_plan(plan, args.db)
     finally:
         _close(service)
-    if args.json:
-        _json(plan_document(plan))
-    else:
-        _print_plan(plan, args.db)
     return 0
 
 

@@ -140,6 +140,7 @@ class _Database:
                 f"{self.path!r} is not a bulkreset SQLite database, or cannot be opened"
             ) from exc
         self.conn = conn
+        self.closed = False
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -150,6 +151,7 @@ class _Database:
                 exceptions pass through after the rollback.
         """
         with self.lock:
+            self._check_open()
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -171,6 +173,7 @@ class _Database:
             StorageError: SQLite failed.
         """
         with self.lock:
+            self._check_open()
             try:
                 return self.conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
@@ -178,7 +181,15 @@ class _Database:
 
     def close(self) -> None:
         with self.lock:
+            self.closed = True
             self.conn.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StorageError(
+                "the SQLite store is closed (a big plan or result reads its members from "
+                "the store: use it before closing the store)"
+            )
 
 
 # storage -----------------------------------------------------------------------
