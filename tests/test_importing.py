@@ -317,3 +317,13 @@ def test_shared_google_export_imports_whole() -> None:
     assert [r["Employee ID"] for r in rows] == [m.member_id for m in members]
     suspended = sum(r["Status [READ ONLY]"] == "Suspended" for r in rows)
     assert suspended == sum(m.status is MemberStatus.SUSPENDED for m in members)
+
+
+def test_a_google_export_read_as_native_suggests_the_format() -> None:
+    """The missing-columns error names the format the header does match."""
+    from bulkreset._importing import GOOGLE_COLUMNS, parse_members
+    from bulkreset.errors import ImportFormatError
+
+    header = ",".join(GOOGLE_COLUMNS)
+    with pytest.raises(ImportFormatError, match="--format google-workspace"):
+        parse_members(header + "\n", format="native")

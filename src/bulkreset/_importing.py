@@ -203,7 +203,11 @@ def parse_members(
     _, header = first
     missing = [column for column in spec.columns if column not in header]
     if missing:
-        raise ImportFormatError(f"missing column(s): {', '.join(missing)}")
+        hint = ""
+        for other, other_spec in FORMATS.items():
+            if other != format and all(column in header for column in other_spec.columns):
+                hint = f" (it looks like a {other} file: use --format {other})"
+        raise ImportFormatError(f"missing column(s): {', '.join(missing)}{hint}")
     repeated = sorted(c or "(blank)" for c, n in Counter(header).items() if n > 1)
     if repeated:  # counted once each: a huge header must not take quadratic time
         raise ImportFormatError(f"repeated column(s): {', '.join(repeated)}", row=1)
