@@ -363,12 +363,13 @@ def test_a_plan_not_started_within_its_ttl_is_stale(
     service: ResetService, clock: FakeClock
 ) -> None:
     """A plan older than plan_ttl cannot start; a started one can always resume."""
-    stale = service.plan(["m1"], force(), actor="admin")
+    stale = service.plan(["m1"], force(follow_with_request=True), actor="admin")
     started = service.plan(["m2"], force(), actor="admin")
     service.apply(started, confirm=started.confirmation)
     clock.advance(hours=2)
     with pytest.raises(StalePlanError):
         service.apply(stale, confirm=stale.confirmation)
+    assert service.store.load_plan(stale.plan_id).token_key is None  # type: ignore[union-attr]
     assert (
         Outcome.RESET == service.apply(started, confirm=started.confirmation).outcomes["m2"].outcome
     )

@@ -354,6 +354,10 @@ class ResetService:
             )
         now = self._now()
         if record.started_at is None and now >= record.plan.expires_at:
+            # It can never run now: its secrets (a password to deliver, a key) go too.
+            self.store.release_plan(
+                record.plan.plan_id, secrets.token_hex(8), finished_at=None, erase_secrets=True
+            )
             raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
         owner = secrets.token_hex(8)
         handoff_file = HandoffFile(handoff) if handoff is not None else None  # before any change
