@@ -29,6 +29,7 @@ from ._model import (
     ResetPlan,
     ResetResult,
     ResultSummary,
+    SignInMethod,
     is_unfinished,
 )
 from ._tokens import derive_password, derive_token, token_digest
@@ -63,6 +64,8 @@ def _with(reason: str | None, part: str) -> str:
 
 def _without(reason: str | None, topic: str) -> str | None:
     """*reason* without its parts about *topic* (``"sessions"`` or ``"notice"``)."""
+    if not reason:
+        return None
     return "; ".join(p for p in _parts(reason) if not p.startswith(topic)) or None
 
 
@@ -210,7 +213,8 @@ class ApplyRun:
             return
         ids = [m.member_id for m in todo]
         current = self.store.get_members(ids)
-        credentials = self.store.get_credentials(ids)
+        quick = [i for i, m in current.items() if m.sign_in is SignInMethod.QUICK_LOGIN]
+        credentials = self.store.get_credentials(quick) if quick else {}  # only R2 needs them
         actor = self.store.get_members([self.plan.actor]).get(self.plan.actor)
         now = self.service._now()
         writes: list[_Write] = []

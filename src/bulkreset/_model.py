@@ -300,7 +300,9 @@ def member_from_store(
         )
     except (KeyError, TypeError):
         fields = None
-    if fields is None or not all(isinstance(f, str) for f in fields[:3]):
+    if fields is None or not (
+        isinstance(member_id, str) and isinstance(login_id, str) and isinstance(name, str)
+    ):
         return Member(
             member_id,
             login_id,
