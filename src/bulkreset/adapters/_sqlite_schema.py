@@ -343,19 +343,8 @@ def entry_row(
 ) -> tuple[object, ...]:
     """The ``plan_entries`` row of one entry (the member as it was when planned)."""
     member = entry.member
-    snapshot: tuple[object, ...] = (
-        (
-            member.login_id,
-            member.name,
-            member.sign_in.value,
-            member.mobile_phone,
-            member.personal_email,
-            member.status.value,
-            member.role.value,
-        )
-        if member is not None
-        else (None,) * 7
-    )
+    # login_id ... role, as the members table has them
+    snapshot = member_to_row(member)[1:8] if member is not None else (None,) * 7
     return (
         plan_id,
         *indexes,
