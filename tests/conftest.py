@@ -131,3 +131,13 @@ def service(make_service: ServiceFactory) -> ResetService:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+def shared_data_file(name: str) -> Path:
+    """A file of ``shared/data``: skipped with a reason when absent, a failure in CI."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        if in_ci():
+            pytest.fail(f"shared data file {path} is absent in CI")
+        pytest.skip(f"shared data file {path} is absent (expected next to the repository)")
+    return path

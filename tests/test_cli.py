@@ -31,7 +31,7 @@ from bulkreset.adapters.sqlite import open_service
 from bulkreset.errors import StorageError
 from bulkreset.ports import EffectBatch
 
-from .conftest import SHARED_DATA, in_ci
+from .conftest import shared_data_file
 
 PASSWORD = "Harbor 42 lanterns"
 OWN = "my own secret passphrase 7"
@@ -983,12 +983,7 @@ def _command(
 
 
 def _shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_file():
-        if in_ci():
-            pytest.fail(f"shared data file {path} is absent in CI")
-        pytest.skip(f"shared data file {path} is absent (expected next to the repository)")
-    return path
+    return shared_data_file(name)
 
 
 def _expected(rows: list[dict[str, str]], actor: str, force: bool) -> tuple[int, Counter[str], int]:

@@ -11,7 +11,7 @@ from bulkreset import Member, MemberStatus, Role, SignInMethod
 from bulkreset._importing import NATIVE_COLUMNS, load_members, parse_members
 from bulkreset.errors import ImportFormatError
 
-from .conftest import SHARED_DATA, in_ci
+from .conftest import shared_data_file
 
 HEADER = ",".join(NATIVE_COLUMNS)
 
@@ -292,12 +292,7 @@ def test_load_members_reads_a_path(tmp_path: Path) -> None:
 
 
 def _shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_file():
-        if in_ci():
-            pytest.fail(f"shared data file {path} is absent in CI")
-        pytest.skip(f"shared data file {path} is absent (expected next to the repository)")
-    return path
+    return shared_data_file(name)
 
 
 def test_shared_members_file_imports_whole() -> None:
