@@ -64,12 +64,16 @@ def report_rows(
         there is none; the two flags are ``bool``.
     """
     known: dict[str, str] = dict(login_ids or {})
-    if plan is not None:
-        known.update((m.member_id, m.login_id) for m in plan.targets)
+    targets: dict[str, str] | None = None  # read from the plan only if an outcome needs it
     for outcome in result:
+        login_id = outcome.login_id or known.get(outcome.member_id, "")
+        if not login_id and plan is not None:
+            if targets is None:
+                targets = {m.member_id: m.login_id for m in plan.targets}
+            login_id = targets.get(outcome.member_id, "")
         yield {
             "member_id": outcome.member_id,
-            "login_id": outcome.login_id or known.get(outcome.member_id, ""),
+            "login_id": login_id,
             "outcome": outcome.outcome.value,
             "reason": outcome.reason,
             "sessions_revoked": outcome.sessions_revoked,

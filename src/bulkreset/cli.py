@@ -560,15 +560,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         if report is not None:
-            excluded = [e.member_id for e in plan.excluded]
-            members = service.store.get_members(excluded)
             try:
-                write_report(
-                    report,
-                    result,
-                    plan=plan,
-                    login_ids={i: m.login_id for i, m in members.items()},
-                )
+                write_report(report, result, plan=plan)  # outcomes carry their login IDs
             except OSError as exc:
                 raise InvalidInputError(
                     f"the plan was applied, but the report could not be written "
