@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,26 @@ def make_service(
 @pytest.fixture
 def service(make_service: ServiceFactory) -> ResetService:
     return make_service()
+
+
+@contextmanager
+def writes_fail_for(
+    service: ResetService, member_id: str, part: str = "credentials"
+) -> Iterator[None]:
+    """Within the block, the store refuses every batch writing *part* of *member_id*."""
+    store: Any = service.store
+    real_commit = store.commit
+
+    def commit(batch: Any) -> None:
+        if any(write.member_id == member_id for write in getattr(batch, part)):
+            raise OSError("disk says no")
+        real_commit(batch)
+
+    store.commit = commit
+    try:
+        yield
+    finally:
+        store.commit = real_commit
 
 
 def in_ci() -> bool:

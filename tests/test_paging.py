@@ -24,7 +24,7 @@ from bulkreset.adapters.sqlite import SqliteStorage, open_service
 from bulkreset.errors import StorageError
 from bulkreset.ports import PlanEntry
 
-from .conftest import FakeClock
+from .conftest import FakeClock, writes_fail_for
 
 PW = "Harbor 42 lanterns"
 
@@ -113,21 +113,13 @@ def test_members_that_fail_in_a_big_apply_are_in_its_result(
     """A failed member's outcome, never stored, still shows in the paged result."""
     service = open_service(tmp_path / "big.db", clock=clock, hasher=cheap_hasher, chunk_size=4)
     service.store.add_members(members(8))  # type: ignore[attr-defined]
-    store: Any = service.store
-    real = store.commit
-
-    def commit(batch: Any) -> None:
-        if any(w.member_id == "u0003" for w in batch.credentials):
-            raise OSError("disk")
-        real(batch)
-
-    store.commit = commit
     plan = service.plan(ALL, ResetPolicy(ResetMode.FORCE_CHANGE, new_password=PW), actor="admin")
-    result = service.apply(plan, confirm=plan.confirmation)
+    with writes_fail_for(service, "u0003"):
+        result = service.apply(plan, confirm=plan.confirmation)
     assert Outcome.FAILED == result.outcomes["u0003"].outcome
     assert ("u0003",) == result.unfinished
     assert Outcome.FAILED == dict(result.outcomes.items())["u0003"].outcome
-    store.close()
+    service.store.close()  # type: ignore[attr-defined]
 
 
 def test_an_abandoned_plan_writer_keeps_nothing(

@@ -40,7 +40,7 @@ from bulkreset.errors import (
     StalePlanError,
 )
 
-from .conftest import FakeClock, ServiceFactory, directory
+from .conftest import FakeClock, ServiceFactory, directory, writes_fail_for
 
 PW = "Harbor 42 lanterns"
 OWN = "my own secret passphrase 7"
@@ -436,23 +436,14 @@ def test_a_notifier_failing_for_one_member_fails_only_that_notice(
 
 def test_a_store_failing_for_one_member_fails_only_that_member(service: ResetService) -> None:
     """A failed credential write fails that member only; a re-apply fixes it."""
-    store: Any = service.store
-    real_commit = store.commit
-
-    def commit(batch: Any) -> None:
-        if any(w.member_id == "m2" for w in batch.credentials):
-            raise OSError("disk says no")
-        real_commit(batch)
-
-    store.commit = commit
-    plan, result = run(service, ["m1", "m2", "m3"], force())
+    with writes_fail_for(service, "m2"):
+        plan, result = run(service, ["m1", "m2", "m3"], force())
     assert {"m1": Outcome.RESET, "m2": Outcome.FAILED, "m3": Outcome.RESET} == {
         k: o.outcome for k, o in result.outcomes.items()
     }
     assert "error: OSError" == result.outcomes["m2"].reason
     assert not any(n.member_id == "m2" for n in sent(service))  # no notice without the effect
     assert not result.ok
-    store.commit = real_commit
     again = service.apply(plan, confirm=plan.confirmation)
     assert 3 == again.count(Outcome.RESET)
     assert 3 == len(sent(service))
@@ -776,18 +767,9 @@ def test_a_demoted_actor_cannot_apply_their_plan(service: ResetService) -> None:
 
 def test_a_failed_member_can_still_get_its_request_later(service: ResetService) -> None:
     """The plan keeps its token key while a member failed, so a re-apply can still send it."""
-    store: Any = service.store
-    real_commit = store.commit
-
-    def commit(batch: Any) -> None:
-        if any(t.member_id == "m2" for t in batch.tokens):
-            raise OSError("disk says no")
-        real_commit(batch)
-
-    store.commit = commit
-    plan, result = run(service, ["m1", "m2"], request())
+    with writes_fail_for(service, "m2", "tokens"):
+        plan, result = run(service, ["m1", "m2"], request())
     assert Outcome.FAILED == result.outcomes["m2"].outcome
-    store.commit = real_commit
     again = service.apply(plan, confirm=plan.confirmation)
     assert Outcome.REQUESTED == again.outcomes["m2"].outcome
     assert "m2" == service.check_token(tokens_of(service)["m2"])
