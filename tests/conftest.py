@@ -17,7 +17,10 @@ from bulkreset import Member, ResetService
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "sqlite-ports"]
+"""The stores every service test runs on: ``sqlite`` plans and applies whole chunks in
+SQL (``SetBasedStorage``); ``sqlite-ports`` is the same store sent down the
+port-by-port path, so both paths of one store meet the same tests."""
 
 
 class FakeClock:
@@ -119,6 +122,8 @@ def make_service(
             tmp_path / "bulkreset.db", clock=clock, hasher=cheap_hasher, **options
         )
         request.addfinalizer(service.store.close)  # type: ignore[attr-defined]
+        if request.param == "sqlite-ports":
+            port_by_port(service)
         service.store.add_members(members)  # type: ignore[attr-defined]
         return service
 
@@ -130,24 +135,43 @@ def service(make_service: ServiceFactory) -> ResetService:
     return make_service()
 
 
+def port_by_port(service: ResetService) -> ResetService:
+    """Send *service*'s plans and applies down the port-by-port path (no set-based SQL)."""
+    if hasattr(service.store, "set_based"):
+        service.store.set_based = False
+    return service
+
+
 @contextmanager
 def writes_fail_for(
     service: ResetService, member_id: str, part: str = "credentials"
 ) -> Iterator[None]:
-    """Within the block, the store refuses every batch writing *part* of *member_id*."""
+    """Within the block, the store refuses every batch writing *part* of *member_id*.
+
+    A set-based store's chunk transactions fail too (the disk refuses them),
+    so its apply falls back to the port-by-port path, which isolates the member.
+    """
     store: Any = service.store
     real_commit = store.commit
+    real_chunk = getattr(store, "apply_chunk", None)
 
     def commit(batch: Any) -> None:
         if any(write.member_id == member_id for write in getattr(batch, part)):
             raise OSError("disk says no")
         real_commit(batch)
 
+    def apply_chunk(request: Any) -> Any:
+        raise OSError("disk says no")
+
     store.commit = commit
+    if real_chunk is not None:
+        store.apply_chunk = apply_chunk
     try:
         yield
     finally:
         store.commit = real_commit
+        if real_chunk is not None:
+            store.apply_chunk = real_chunk
 
 
 def in_ci() -> bool:

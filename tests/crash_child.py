@@ -2,16 +2,22 @@
 
 Usage::
 
-    python tests/crash_child.py DB PLAN_ID NOW [--kill KIND:K:HOW]
+    python tests/crash_child.py DB PLAN_ID NOW [--kill KIND:K:HOW] [--ports]
 
 Opens the SQLite file *DB* with cheap Argon2, a fixed clock at *NOW* (ISO 8601;
 ``sleep`` moves it) and ``chunk_size=3``, loads *PLAN_ID* with ``load_plan``
-and applies it. With ``--kill`` the process ends itself at one step boundary:
+and applies it: chunk by chunk in SQL (the store's set-based path), or with
+``--ports`` port by port. With ``--kill`` the process ends itself at one step
+boundary:
 
 ``commit-before:K``  before the K-th ``store.commit``;
 ``commit-torn:K``    inside the K-th ``store.commit``, every statement run
                      but ``COMMIT`` not yet (a torn transaction);
 ``commit-after:K``   after the K-th ``store.commit`` returned;
+``chunk-before:K``   before the K-th set-based ``store.apply_chunk``;
+``chunk-torn:K``     inside the K-th ``store.apply_chunk``, every statement
+                     run (ports called) but ``COMMIT`` not yet;
+``chunk-after:K``    after the K-th ``store.apply_chunk`` returned;
 ``revoke-mid:K``     in the K-th ``sessions.revoke``: the first half
                      (rounded up) of the members are revoked, then death;
 ``send-mid:K``       in the K-th ``notifier.send``: the first half (rounded
@@ -50,6 +56,9 @@ KINDS = (
     "commit-before",
     "commit-torn",
     "commit-after",
+    "chunk-before",
+    "chunk-torn",
+    "chunk-after",
     "revoke-mid",
     "send-mid",
     "chunk",
@@ -60,6 +69,9 @@ COUNTED = {  # kill kind -> the call it counts
     "commit-before": "commit",
     "commit-torn": "commit",
     "commit-after": "commit",
+    "chunk-before": "apply_chunk",
+    "chunk-torn": "apply_chunk",
+    "chunk-after": "apply_chunk",
     "revoke-mid": "revoke",
     "send-mid": "send",
     "chunk": "chunk",
@@ -94,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("plan_id")
     parser.add_argument("now", type=datetime.fromisoformat)
     parser.add_argument("--kill", default=None, help="KIND:K:HOW")
+    parser.add_argument("--ports", action="store_true", help="the port-by-port path")
     args = parser.parse_args(argv)
     kind, at, how = ("", 0, "exit")
     if args.kill:
@@ -119,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return calls[name] if COUNTED.get(kind) == name else 0
 
     store: Any = service.store
+    store.set_based = not args.ports
     real_commit: Callable[..., None] = store.commit
+    real_chunk: Callable[..., Any] = store.apply_chunk
     real_release: Callable[..., None] = store.release_plan
     real_revoke = service.sessions.revoke
     real_send = service.notifier.send
@@ -136,6 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         real_commit(batch)
         if n == at and kind == "commit-after":
             die(how)
+
+    def apply_chunk(request: Any) -> Any:
+        n = step("apply_chunk")
+        if n == at and kind == "chunk-before":
+            die(how)
+        if n == at and kind == "chunk-torn":
+            conn.set_trace_callback(
+                lambda sql: die(how) if sql.strip().upper() == "COMMIT" else None
+            )
+        try:
+            tally = real_chunk(request)
+        except Exception:
+            calls["chunk_error"] += 1  # the apply falls back; the tests want to know
+            raise
+        if n == at and kind == "chunk-after":
+            die(how)
+        return tally
 
     def release_plan(*a: Any, **kw: Any) -> None:
         n = step("release")
@@ -167,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             die(how)
 
     store.commit = commit
+    store.apply_chunk = apply_chunk
     store.release_plan = release_plan
     service.sessions.revoke = revoke  # type: ignore[method-assign]
     service.notifier.send = send  # type: ignore[method-assign]

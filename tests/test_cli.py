@@ -768,7 +768,11 @@ def test_apply_with_failures_exits_one(
                 raise StorageError("disk trouble")
             commit(batch)
 
+        def chunk_fails(request: object) -> None:  # so the member-by-member path runs
+            raise StorageError("disk trouble")
+
         monkeypatch.setattr(service.store, "commit", commit_but_m2)
+        monkeypatch.setattr(service.store, "apply_chunk", chunk_fails)
         return service
 
     monkeypatch.setattr(cli, "_connect", failing)

@@ -89,8 +89,9 @@ def test_two_applies_of_one_plan_never_double_an_effect(tmp_path: Path) -> None:
     for output in finished:
         assert dict.fromkeys(targets, "reset") == output or output == {}
     with SqliteStorage(path) as store:
-        resets = Counter(e.member_id for e in store.audit_events() if e.action == "member.reset")
-        notices = Counter(e.member_id for e in store.audit_events() if e.action == "notice.sent")
+        steps = [(step, e.member_id) for e in store.audit_events() for step in e.steps]
+        resets = Counter(member for step, member in steps if step == "member.reset")
+        notices = Counter(member for step, member in steps if step == "notice.sent")
         credentials = store.get_credentials(targets)
         outbox = store.dump()["outbox"]
     assert dict.fromkeys(targets, 1) == dict(resets)

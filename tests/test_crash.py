@@ -6,14 +6,19 @@ members, one open session per member, and a plan over ``ALL``. Every run works
 on a copy of that file, so all runs share one plan ID and token key.
 
 1. An uninterrupted child applies a copy, counting its calls of each kind
-   (``store.commit``, ``sessions.revoke``, ``notifier.send``, chunks,
-   ``store.release_plan``). Its result and final store are the reference.
-2. For every kill point (kind, k) a child applies a fresh copy and ends itself
-   (``os._exit(1)`` or ``SIGKILL``) there; then a fresh child applies the
-   same plan (``load_plan``) to the end, once the dead apply's lease lapsed.
+   (``store.commit``, ``store.apply_chunk``, ``sessions.revoke``,
+   ``notifier.send``, chunks, ``store.release_plan``). Its result and final
+   store are the reference. It runs once per path: the SQLite store's
+   set-based path (whole chunks in SQL) and the port-by-port path; both must
+   leave the same store.
+2. For every kill point (kind, k) of a path a child applies a fresh copy that
+   way and ends itself (``os._exit(1)`` or ``SIGKILL``) there; then a fresh
+   child applies the same plan (``load_plan``) to the end, once the dead
+   apply's lease lapsed, on the default (set-based) path: chunks the dead
+   apply left half done go port by port.
 3. The store must then look as after the uninterrupted run, and meet the
    invariants: one effect, one credential write, one notice per key and one
-   audit event per effect for each target; sessions ended; one live token
+   audit record per step for each target (``AuditEvent.steps``); sessions ended; one live token
    per member, and every token in the outbox redeems.
 
 The kill points are described in ``tests/crash_child.py``.
@@ -93,6 +98,11 @@ for expected in EXPECTED.values():
 COMPARED = ("credentials", "effects", "outbox", "active_sessions", "tokens", "live_tokens")
 """Facts that must equal the uninterrupted run's (tokens are checked by redeeming them)."""
 EFFECT_ACTIONS = ("member.reset", "member.requested", "sessions.revoked", "notice.sent")
+PATHS = ("set-based", "ports")
+PATH_KINDS = {  # the kill kinds each path reaches
+    "set-based": [k for k in KINDS if k != "commit-torn"],
+    "ports": [k for k in KINDS if not k.startswith("chunk-")],
+}
 
 
 @attrs.frozen
@@ -100,6 +110,7 @@ class Scenario:
     """One mode's template file and the uninterrupted run's result and store."""
 
     mode: str
+    path: str
     template: Path
     plan_id: str
     sessions: dict[str, str]
@@ -134,20 +145,22 @@ def child_env() -> dict[str, str]:
 
 
 def run_child(
-    db: Path, plan_id: str, now: datetime, kill: str | None = None
+    db: Path, plan_id: str, now: datetime, kill: str | None = None, *, ports: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run tests/crash_child.py on *db* at *now*, killed at *kill* if given."""
     argv = [sys.executable, str(CHILD), str(db), plan_id, now.isoformat()]
     if kill is not None:
         argv += ["--kill", kill]
+    if ports:
+        argv.append("--ports")
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=120, env=child_env(), check=False
     )
 
 
-def applied(db: Path, plan_id: str, now: datetime) -> dict[str, Any]:
+def applied(db: Path, plan_id: str, now: datetime, *, ports: bool = False) -> dict[str, Any]:
     """Apply the plan to the end in a fresh child; its JSON report."""
-    done = run_child(db, plan_id, now)
+    done = run_child(db, plan_id, now, ports=ports)
     assert 0 == done.returncode, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return report
@@ -203,7 +216,9 @@ def facts(db: Path, plan_id: str, sessions: dict[str, str]) -> dict[str, Any]:
             for m, c in sorted(credentials.items())
         },
         "effects": sorted(
-            Counter((e.action, e.member_id) for e in events if e.member_id is not None).items()
+            Counter(
+                (step, e.member_id) for e in events if e.member_id is not None for step in e.steps
+            ).items()
         ),
         "outbox": sorted(
             (r["key"], r["member_id"], r["kind"], r["recipient"], r["status"]) for r in listing
@@ -310,34 +325,47 @@ def token_problems(db: Path, found: dict[str, Any], redeem: int = 2) -> list[str
     return problems
 
 
-def build_scenario(mode: str, workdir: Path) -> Scenario:
-    template = workdir / "template.db"
-    plan_id, sessions = build_template(template, mode)
-    reference = workdir / "reference.db"
-    shutil.copyfile(template, reference)
-    report = applied(reference, plan_id, CRASH_AT)
-    return Scenario(mode, template, plan_id, sessions, report, facts(reference, plan_id, sessions))
+@attrs.frozen
+class Template:
+    """One mode's file before any apply: the plan over ALL, and each member's open session."""
+
+    path: Path
+    plan_id: str
+    sessions: dict[str, str]
+
+
+def build_scenario(mode: str, path: str, template: Template) -> Scenario:
+    reference = template.path.parent / f"reference-{path}.db"
+    shutil.copyfile(template.path, reference)
+    report = applied(reference, template.plan_id, CRASH_AT, ports=path == "ports")
+    found = facts(reference, template.plan_id, template.sessions)
+    return Scenario(mode, path, template.path, template.plan_id, template.sessions, report, found)
 
 
 @pytest.fixture(scope="module")
-def scenario_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Scenario]:
-    """Builds each mode's template and reference run once per module."""
-    built: dict[str, Scenario] = {}
+def scenario_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Scenario]:
+    """Builds each mode's template once, and its reference run once per path."""
+    templates: dict[str, Template] = {}
+    built: dict[tuple[str, str], Scenario] = {}
 
-    def get(mode: str) -> Scenario:
-        if mode not in built:
-            built[mode] = build_scenario(mode, tmp_path_factory.mktemp(mode))
-        return built[mode]
+    def get(mode: str, path: str = "set-based") -> Scenario:
+        if mode not in templates:
+            db = tmp_path_factory.mktemp(mode) / "template.db"
+            templates[mode] = Template(db, *build_template(db, mode))
+        if (mode, path) not in built:
+            built[mode, path] = build_scenario(mode, path, templates[mode])
+        return built[mode, path]
 
     return get
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("mode", list(POLICIES))
 def test_an_uninterrupted_apply_meets_the_invariants(
-    scenario_of: Callable[[str], Scenario], mode: str
+    scenario_of: Callable[[str, str], Scenario], mode: str, path: str
 ) -> None:
     """The reference run: expected outcomes, each effect once, tokens that redeem."""
-    scenario = scenario_of(mode)
+    scenario = scenario_of(mode, path)
     outcomes = scenario.reference["outcomes"]
     for member, (outcome, reason) in EXPECTED[mode].items():
         got = outcomes[member]
@@ -345,13 +373,18 @@ def test_an_uninterrupted_apply_meets_the_invariants(
         if outcome != "excluded":
             assert [scenario.force, True] == got[2:], member
     assert sorted(m.member_id for m in MEMBERS) == sorted(outcomes)
+    assert 0 == scenario.reference["calls"].get("chunk_error", 0)
     assert [] == invariant_problems(scenario, scenario.facts)
-    assert [] == sign_in_problems(scenario.template.parent / "reference.db", scenario)
+    reference = scenario.template.parent / f"reference-{path}.db"
+    assert [] == sign_in_problems(reference, scenario)
     calls = scenario.reference["calls"]
     assert 3 == calls["chunk"]  # several chunks, so there are kill points between them
-    assert calls["commit"] >= 2 * calls["chunk"]
-    copy = scenario.template.parent / "redeem.db"
-    shutil.copyfile(scenario.template.parent / "reference.db", copy)
+    if path == "ports":
+        assert calls["commit"] >= 2 * calls["chunk"]
+    else:  # every chunk in one transaction of SQL
+        assert calls["apply_chunk"] == calls["chunk"]
+    copy = scenario.template.parent / f"redeem-{path}.db"
+    shutil.copyfile(reference, copy)
     assert [] == token_problems(copy, scenario.facts, redeem=len(scenario.targets))
 
 
@@ -373,13 +406,14 @@ def repeated_work(report: dict[str, Any]) -> list[str]:
 def crash_and_resume(scenario: Scenario, kills: Sequence[str], workdir: Path) -> list[str]:
     """Kill a child at each of *kills* in turn, then apply to the end: what went wrong, if anything.
 
-    Each child starts once the one before it lost its lease.
+    Each child starts once the one before it lost its lease. The killed
+    children take the scenario's path; the last one the default path.
     """
     db = workdir / f"{'+'.join(kills).replace(':', '_')}.db"
     shutil.copyfile(scenario.template, db)
     now = CRASH_AT
     for kill in kills:
-        crashed = run_child(db, scenario.plan_id, now, kill)
+        crashed = run_child(db, scenario.plan_id, now, kill, ports=scenario.path == "ports")
         expected_code = -signal.SIGKILL if kill.endswith(":kill") else 1
         if crashed.returncode != expected_code:
             return [f"the child for {kill} exited {crashed.returncode}: {crashed.stderr[-2000:]}"]
@@ -389,6 +423,8 @@ def crash_and_resume(scenario: Scenario, kills: Sequence[str], workdir: Path) ->
         return [f"applying again failed: {done.stderr[-2000:]}"]
     report = json.loads(done.stdout)
     problems = repeated_work(report)
+    if report["calls"].get("chunk_error"):
+        problems.append(f"{report['calls']['chunk_error']} set-based chunk(s) failed on resume")
     if report["outcomes"] != scenario.reference["outcomes"]:
         diff = {
             m: (o, scenario.reference["outcomes"].get(m))
@@ -419,37 +455,54 @@ def crash_all(scenario: Scenario, chains: Sequence[Sequence[str]], workdir: Path
     assert {} == failures
 
 
+def test_both_paths_leave_the_same_store(scenario_of: Callable[[str, str], Scenario]) -> None:
+    """Set-based and port-by-port applies of one plan end with the same facts and outcomes."""
+    for mode in POLICIES:
+        fast, ports = scenario_of(mode, "set-based"), scenario_of(mode, "ports")
+        assert ports.facts == fast.facts, mode
+        assert ports.reference["outcomes"] == fast.reference["outcomes"], mode
+
+
 @pytest.mark.parametrize(
-    ("mode", "kind"),
+    ("mode", "path", "kind"),
     [
-        pytest.param(mode, kind, id=f"{mode}-{kind}")
+        pytest.param(mode, path, kind, id=f"{mode}-{path}-{kind}")
         for mode in POLICIES
-        for kind in KINDS
+        for path in PATHS
+        for kind in PATH_KINDS[path]
         if not (kind == "revoke-mid" and POLICIES[mode].mode is ResetMode.REQUEST_CHANGE)
     ],
 )
 def test_crash_anywhere_then_apply_again_ends_as_if_uninterrupted(
-    scenario_of: Callable[[str], Scenario], mode: str, kind: str, tmp_path: Path
+    scenario_of: Callable[[str, str], Scenario], mode: str, path: str, kind: str, tmp_path: Path
 ) -> None:
     """After a kill at every point of this kind, a fresh apply ends as an uninterrupted one."""
-    scenario = scenario_of(mode)
+    scenario = scenario_of(mode, path)
     kills = scenario.kill_points(kind)
     assert kills, f"the uninterrupted run made no {COUNTED[kind]} call"
     crash_all(scenario, [[kill] for kill in kills], tmp_path)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("mode", list(POLICIES))
 def test_crashing_again_while_resuming_still_ends_as_if_uninterrupted(
-    scenario_of: Callable[[str], Scenario], mode: str, tmp_path: Path
+    scenario_of: Callable[[str, str], Scenario], mode: str, path: str, tmp_path: Path
 ) -> None:
     """Several crashes in a row (each apply killed at another point) lose and repeat nothing."""
-    scenario = scenario_of(mode)
+    scenario = scenario_of(mode, path)
     middle = "revoke-mid:1:kill" if scenario.force else "send-mid:1:kill"
-    chains = [
-        ["commit-torn:2:kill", middle, "chunk:1:exit"],
-        ["send-mid:2:exit", "commit-after:1:exit"],
-        ["chunk:2:kill", "send-mid:1:exit", "commit-torn:1:kill", "release-before:1:exit"],
-    ]
+    if path == "ports":
+        chains = [
+            ["commit-torn:2:kill", middle, "chunk:1:exit"],
+            ["send-mid:2:exit", "commit-after:1:exit"],
+            ["chunk:2:kill", "send-mid:1:exit", "commit-torn:1:kill", "release-before:1:exit"],
+        ]
+    else:
+        chains = [
+            ["chunk-torn:2:kill", middle, "chunk:1:exit"],
+            ["send-mid:2:exit", "chunk-after:1:exit"],
+            ["chunk:2:kill", "send-mid:1:exit", "chunk-torn:1:kill", "release-before:1:exit"],
+        ]
     crash_all(scenario, chains, tmp_path)
 
 
@@ -457,10 +510,11 @@ def test_applying_again_before_the_dead_apply_lease_lapses_reports_in_progress(
     scenario_of: Callable[[str], Scenario], tmp_path: Path
 ) -> None:
     """Within the dead apply's lease a new apply is refused and writes nothing; later it resumes."""
-    scenario = scenario_of("force-follow")
+    scenario = scenario_of("force-follow", "ports")
     db = tmp_path / "leased.db"
     shutil.copyfile(scenario.template, db)
-    assert 1 == run_child(db, scenario.plan_id, CRASH_AT, "commit-after:4:exit").returncode
+    killed = run_child(db, scenario.plan_id, CRASH_AT, "commit-after:4:exit", ports=True)
+    assert 1 == killed.returncode
     with opened(db) as service:
         dead = service.store.dump()  # type: ignore[attr-defined]
     refused = run_child(db, scenario.plan_id, CRASH_AT + LEASE - timedelta(seconds=1))

@@ -9,9 +9,9 @@ import pytest
 
 from bulkreset import Member, Notice, NoticeKind, Outcome, ResetMode, ResetPolicy, ResetService
 from bulkreset.errors import PartialResetError, PlanInProgressError, RetryLaterError
-from bulkreset.ports import EffectBatch
+from bulkreset.ports import ChunkRequest, EffectBatch
 
-from .conftest import FakeClock, ServiceFactory
+from .conftest import FakeClock, ServiceFactory, port_by_port
 from .test_service import FlakySessions, run, sent, tokens_of
 
 PW = "Harbor 42 lanterns"
@@ -98,14 +98,25 @@ def test_a_rival_taking_over_mid_batch_stops_the_apply(
     service = make_service()
     store: Any = service.store
     real_commit = store.commit
+    real_chunk = getattr(store, "apply_chunk", None)
     plan = service.plan(["m1", "m2"], force(), actor="admin")
 
-    def hijacked(batch: EffectBatch) -> None:
+    def rival_claims() -> None:
         now = clock.advance(minutes=3)  # this apply stalled; its lease lapsed
         assert store.claim_plan(plan.plan_id, "rival", now, now.replace(year=now.year + 1))
+
+    def hijacked(batch: EffectBatch) -> None:
+        rival_claims()
         real_commit(batch)
 
+    def hijacked_chunk(request: ChunkRequest) -> Any:
+        rival_claims()
+        assert real_chunk is not None
+        return real_chunk(request)
+
     store.commit = hijacked
+    if real_chunk is not None:
+        store.apply_chunk = hijacked_chunk
     with pytest.raises(PlanInProgressError):
         service.apply(plan, confirm=plan.confirmation)
     assert {} == store.get_credentials(["m1", "m2"])
@@ -191,8 +202,11 @@ def test_outcome_counts_add_up_to_the_selection(make_service: ServiceFactory, mo
 
 
 def test_a_resumed_request_change_resends_the_same_live_token(service: ResetService) -> None:
-    """Crash before the notices' progress was recorded: the resent notice has the same token."""
-    store: Any = service.store
+    """Crash before the notices' progress was recorded: the resent notice has the same token.
+
+    (The port-by-port path: a set-based chunk commits notices with the effects.)
+    """
+    store: Any = port_by_port(service).store
     real_commit = store.commit
 
     def crash_after_effects(batch: EffectBatch) -> None:

@@ -688,16 +688,39 @@ def test_audit_events_record_plan_apply_and_member_effects(make_service: Service
     forwarded: list[AuditEvent] = []
     service = make_service(audit=forwarded.append)
     plan, _ = run(service, ["m1", "q1"], force())
-    actions = [(e.action, e.member_id) for e in service.audit_events(plan_id=plan.plan_id)]
+    events = service.audit_events(plan_id=plan.plan_id)
+    steps = [(step, e.member_id) for e in events for step in e.steps]
     assert [
         ("plan.created", None),
         ("member.reset", "m1"),
         ("sessions.revoked", "m1"),
         ("notice.sent", "m1"),
-    ] == actions
-    assert actions == [(e.action, e.member_id) for e in forwarded]
-    assert all(e.actor == "admin" for e in service.audit_events(plan_id=plan.plan_id))
-    assert 3 == len(service.audit_events(member_id="m1"))
+    ] == steps
+    assert events == forwarded
+    assert all(e.actor == "admin" for e in events)
+    assert 3 == sum(len(e.steps) for e in service.audit_events(member_id="m1"))
+    # each step has its own event, or all three are one event (set-based apply)
+    assert len(service.audit_events(member_id="m1")) in (1, 3)
+
+
+def test_an_effect_event_names_the_steps_committed_with_it() -> None:
+    """``AuditEvent.steps`` reads an effect's folded detail, and nothing else's."""
+    at = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    detail = AuditEvent.folded_detail(
+        sessions_revoked=True, notices=["password_reset", "change_request"]
+    )
+    assert "sessions revoked; notice sent: password_reset, change_request" == detail
+    reset = AuditEvent(at, "member.reset", detail=detail)
+    assert ("member.reset", "sessions.revoked", "notice.sent") == reset.steps
+    requested = AuditEvent(
+        at,
+        "member.requested",
+        detail=AuditEvent.folded_detail(sessions_revoked=False, notices=["change_request"]),
+    )
+    assert ("member.requested", "notice.sent") == requested.steps
+    assert ("member.reset",) == AuditEvent(at, "member.reset").steps
+    assert ("member.excluded",) == AuditEvent(at, "member.excluded", detail=detail).steps
+    assert "" == AuditEvent.folded_detail(sessions_revoked=False, notices=[])
 
 
 def test_secrets_never_leak_into_reprs_errors_logs_or_audit(

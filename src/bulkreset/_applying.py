@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,9 +32,17 @@ from ._model import (
     SignInMethod,
     is_unfinished,
 )
-from ._tokens import derive_password, derive_token, token_digest
+from ._tokens import derive_password, derive_token, token_deriver, token_digest
 from .errors import InvalidTokenError, PlanInProgressError, RetryLaterError
-from .ports import CredentialWrite, EffectBatch, PlanRecord, Storage, TokenRecord
+from .ports import (
+    ChunkRequest,
+    CredentialWrite,
+    EffectBatch,
+    PlanRecord,
+    SetBasedStorage,
+    Storage,
+    TokenRecord,
+)
 
 if TYPE_CHECKING:
     from ._service import ProgressCallback, ResetService
@@ -122,6 +130,11 @@ class ApplyRun:
         self.secrets_needed = False
         self.all_notified = False
         self.deferred = False  # the notifier asked to retry later: send no more now
+        store = service.store
+        self.actor = store.get_members([record.plan.actor]).get(record.plan.actor)
+        self.set_based = (
+            store if isinstance(store, SetBasedStorage) and self.actor is not None else None
+        )
 
     @property
     def force(self) -> bool:
@@ -133,37 +146,89 @@ class ApplyRun:
 
     def execute(self) -> ResetResult:
         self._record_plan_exclusions()
-        targets = self.plan.targets
-        total = len(targets)
-        done = 0
+        total = len(self.plan.targets)
         size = self.service._chunk_size
         if self.settings.generate_passwords:
             # A hash takes ~0.1 s: small chunks keep progress (and a bar) moving every
             # second or so, and give the hashing pool 4 passwords a worker.
             workers = effective_workers(self.service.hasher, self.service.hash_workers)
             size = min(size, 4 * workers)
-        for chunk in chunks(targets, size):
-            self._renew_lease()
-            ids = [m.member_id for m in chunk]
-            self.rows = self.store.get_progress(self.plan.plan_id, ids)
-            self._tokens.clear()
-            self._store_effects(chunk)
-            if self.force:
-                self._revoke(ids)
-            self._notify(chunk)
-            self._flush()
-            self._tally(
-                self.failed.get(i) or self.rows.get(i) or _not_applied(m)
-                for i, m in zip(ids, chunk, strict=True)
-                if i not in self.awaiting_revocation
-            )
-            done += len(chunk)
-            if self.callback is not None:
-                self.callback(done, total)
+        elif self.set_based is not None:
+            size = self.service._set_based_chunk
+        for start in range(0, total, size):
+            stop = min(start + size, total)
+            if self._apply_in_store(start, stop):
+                self._report(stop, total)
+                continue
+            step = min(size, self.service._chunk_size)
+            for part in range(start, stop, step):
+                self._apply_by_ports(self.plan.targets[part : min(part + step, stop)])
+                self._report(min(part + step, stop), total)
         if self.force:
             self._retry_revocations()
         self._tally(self.awaiting_revocation.values())
         return self._result()
+
+    def _report(self, done: int, total: int) -> None:
+        if self.callback is not None:
+            self.callback(done, total)
+
+    def _apply_by_ports(self, chunk: Sequence[Member]) -> None:
+        """The port-by-port path: effects, then sessions, then notices, each recorded."""
+        self._renew_lease()
+        ids = [m.member_id for m in chunk]
+        self.rows = self.store.get_progress(self.plan.plan_id, ids)
+        self._tokens.clear()
+        self._store_effects(chunk)
+        if self.force:
+            self._revoke(ids)
+        self._notify(chunk)
+        self._flush()
+        self._tally(
+            self.failed.get(i) or self.rows.get(i) or _not_applied(m)
+            for i, m in zip(ids, chunk, strict=True)
+            if i not in self.awaiting_revocation
+        )
+
+    def _apply_in_store(self, start: int, stop: int) -> bool:
+        """Let a :class:`~bulkreset.ports.SetBasedStorage` apply targets ``[start, stop)``.
+
+        Returns ``False`` (nothing written) when the store cannot, or when it
+        failed for a reason other than a lost lease: the port-by-port path
+        then does the chunk and isolates any failing member.
+        """
+        if self.set_based is None or self.actor is None or self.settings.generate_passwords:
+            return False
+        if self.sends_request and self.record.token_key is None:
+            return False  # the key is erased: the port-by-port path says why
+        now = self.service._now()
+        request = ChunkRequest(
+            plan_id=self.plan.plan_id,
+            owner=self.owner,
+            start=start,
+            stop=stop,
+            at=now,
+            lease_until=now + LEASE,
+            settings=self.settings,
+            actor=self.actor,
+            password=self.record.password if self.settings.deliver_password else None,
+            token=self._deriver(),
+            notifier=self.service.notifier,
+            sessions=self.service.sessions,
+            want_events=self.service._audit_sink is not None,
+        )
+        try:
+            tally = self.set_based.apply_chunk(request)
+        except PlanInProgressError:
+            raise
+        except Exception as exc:
+            log.warning("set-based chunk failed (%s); member by member", type(exc).__name__)
+            return False
+        if tally is None:
+            return False
+        self.service._emit(tally.events)
+        self.counts.update(tally.counts)
+        return True
 
     def _record_plan_exclusions(self) -> None:
         """Record the plan's exclusions as outcomes (once), so results read one table."""
@@ -340,6 +405,13 @@ class ApplyRun:
             issued_at=now,
             expires_at=now + self.settings.request_ttl,
         )
+
+    def _deriver(self) -> Callable[[str], str] | None:
+        """Derives each member's token (set-based path), or ``None`` when none is sent."""
+        key = self.record.token_key
+        if not self.sends_request or key is None:
+            return None
+        return token_deriver(key, self.plan.plan_id)
 
     def _token(self, member_id: str) -> str:
         token = self._tokens.get(member_id)

@@ -868,6 +868,14 @@ class AuditEvent:
         plan_id: The plan, if any.
         member_id: The member affected, if any.
         detail: A short, secret-free note.
+
+    A member's reset records three steps: the effect (``member.reset`` or
+    ``member.requested``), the sign-out (``sessions.revoked``) and the
+    notices (``notice.sent``). When they commit separately, each has its own
+    event; when the store applies them in one transaction (the SQLite store's
+    set-based apply), the effect's event records all of them and its
+    ``detail`` says so (``"sessions revoked; notice sent: password_reset"``).
+    :attr:`steps` reads either form.
     """
 
     at: datetime
@@ -876,3 +884,37 @@ class AuditEvent:
     plan_id: str | None = None
     member_id: str | None = None
     detail: str = ""
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The steps this event records: its ``action``, then any committed with it.
+
+        ``AuditEvent(at, "member.reset", detail="sessions revoked; notice sent:
+        password_reset").steps == ("member.reset", "sessions.revoked", "notice.sent")``.
+        """
+        steps = [self.action]
+        if self.action in _EFFECT_ACTIONS:
+            for part in self.detail.split("; "):
+                if part == _SESSIONS_REVOKED:
+                    steps.append("sessions.revoked")
+                elif part.startswith(f"{_NOTICE_SENT}: "):
+                    steps.append("notice.sent")
+        return tuple(steps)
+
+    @staticmethod
+    def folded_detail(*, sessions_revoked: bool, notices: Sequence[str]) -> str:
+        """The ``detail`` of an effect whose sign-out and notices committed with it.
+
+        Args:
+            sessions_revoked: The member's sessions were ended in the same transaction.
+            notices: The notice kinds (``NoticeKind`` values) queued in it.
+        """
+        parts = [_SESSIONS_REVOKED] if sessions_revoked else []
+        if notices:
+            parts.append(f"{_NOTICE_SENT}: {', '.join(notices)}")
+        return "; ".join(parts)
+
+
+_EFFECT_ACTIONS = frozenset({"member.reset", "member.requested"})
+_SESSIONS_REVOKED = "sessions revoked"
+_NOTICE_SENT = "notice sent"

@@ -6,6 +6,7 @@ import hmac
 import secrets
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ._model import (
     MAX_ID_LENGTH,
@@ -24,6 +25,9 @@ from ._model import (
     check_text,
 )
 from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from .ports import PlanCounts
 
 __all__ = [
     "PlanTally",
@@ -226,6 +230,15 @@ class PlanTally:
         self.targets = 0
         self.warnings = 0
         self.excluded: dict[ExclusionReason, int] = {}
+
+    @classmethod
+    def from_counts(cls, counts: PlanCounts) -> PlanTally:
+        """A tally of counts a store made itself (``SetBasedStorage.classify_into_plan``)."""
+        tally = cls()
+        tally.targets = counts.targets
+        tally.warnings = counts.warnings
+        tally.excluded = dict(counts.excluded)
+        return tally
 
     def add(self, entry: PlanEntry) -> None:
         """Count one entry."""

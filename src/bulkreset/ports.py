@@ -17,24 +17,38 @@ outcome where it can.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ._model import AuditEvent, Member, MemberOutcome, Notice, PlanEntry, ResetPlan
+from ._model import (
+    AuditEvent,
+    ExclusionReason,
+    Member,
+    MemberOutcome,
+    Notice,
+    Outcome,
+    PlanEntry,
+    PlanSettings,
+    ResetPlan,
+)
 
 __all__ = [
+    "ChunkRequest",
+    "ChunkTally",
     "Credential",
     "CredentialWrite",
     "EffectBatch",
     "Notifier",
+    "PlanCounts",
     "PlanEntry",
     "PlanRecord",
     "PlanWriter",
     "SessionStore",
+    "SetBasedStorage",
     "Storage",
     "TokenRecord",
 ]
@@ -159,6 +173,74 @@ class EffectBatch:
     progress: tuple[MemberOutcome, ...] = ()
     audit: tuple[AuditEvent, ...] = ()
     owner: str | None = None
+
+
+@attrs.frozen
+class PlanCounts:
+    """How a selection sorted out, as :meth:`SetBasedStorage.classify_into_plan` reports it.
+
+    Attributes:
+        targets: How many targets.
+        warnings: How many targets carry a warning (``CANNOT_SELF_RECOVER``).
+        excluded: How many exclusions, by reason.
+    """
+
+    targets: int
+    warnings: int
+    excluded: Mapping[ExclusionReason, int]
+
+
+@attrs.frozen(repr=False)
+class ChunkRequest:
+    """One chunk of a plan's targets for :meth:`SetBasedStorage.apply_chunk`.
+
+    Attributes:
+        plan_id: The plan.
+        owner: The apply lease the chunk is written under (a fencing token).
+        start: First target index of the chunk (0-based, plan order).
+        stop: One past the last target index.
+        at: When the effects happen (aware UTC).
+        lease_until: The lease's new end, renewed in the chunk's transaction.
+        settings: The plan's settings.
+        actor: The acting administrator as the directory has them now.
+        password: The plain password to carry in password-reset notices
+            (``deliver_password``), else ``None``. Secret.
+        token: Derives a member's change-request token from their ID, when
+            the plan sends change requests; else ``None``. Secret.
+        notifier: The port every notice goes through.
+        sessions: The port that ends sessions.
+        want_events: Return the audit events written (a host audit sink is set).
+    """
+
+    plan_id: str
+    owner: str
+    start: int
+    stop: int
+    at: datetime
+    lease_until: datetime
+    settings: PlanSettings
+    actor: Member
+    password: str | None
+    token: Callable[[str], str] | None
+    notifier: Notifier
+    sessions: SessionStore
+    want_events: bool = False
+
+    def __repr__(self) -> str:
+        return f"<ChunkRequest {self.plan_id} targets [{self.start}, {self.stop})>"
+
+
+@attrs.frozen
+class ChunkTally:
+    """What :meth:`SetBasedStorage.apply_chunk` left in the chunk's progress.
+
+    Attributes:
+        counts: Outcomes of the chunk's targets (all of them finished).
+        events: The audit events written, when asked for.
+    """
+
+    counts: Mapping[Outcome, int]
+    events: tuple[AuditEvent, ...] = ()
 
 
 class PlanWriter(Protocol):
@@ -299,4 +381,49 @@ class SessionStore(Protocol):
         """End every session of these members issued at or before *issued_before*.
 
         Raising means some sessions may still be active; the service retries.
+        """
+
+
+@runtime_checkable
+class SetBasedStorage(Protocol):
+    """Optional: a store that plans and applies whole chunks inside its own database.
+
+    A :class:`Storage` may also offer these; the service then uses them, and
+    falls back to the port-by-port path whenever they return ``None``. The
+    results must be exactly those of the port-by-port path: the same plan
+    entries, progress rows, credentials, tokens, outbox rows and audit events
+    (``tests/test_set_based.py`` compares the two). The SQLite store offers
+    them; they make a bulk reset a handful of ``INSERT … SELECT`` statements
+    per chunk instead of a few Python objects and rows per member.
+    """
+
+    def classify_into_plan(
+        self,
+        writer: PlanWriter,
+        selection: Sequence[str] | None,
+        *,
+        actor: Member,
+        settings: PlanSettings,
+        folded_password: str | None,
+    ) -> PlanCounts | None:
+        """Sort *selection* (distinct IDs in order, or ``None`` for every member) into
+        *writer*'s plan, as :func:`bulkreset._planning.classify` would.
+
+        Raises:
+            PasswordPolicyError: a target's folded login ID equals *folded_password*
+                (violation ``same_as_login_id``); nothing is written.
+        """
+
+    def apply_chunk(self, request: ChunkRequest) -> ChunkTally | None:
+        """Apply targets ``[request.start, request.stop)`` in one transaction.
+
+        Re-checks each member, writes effects, progress and audit events,
+        calls ``request.sessions.revoke`` and ``request.notifier.send``, all
+        inside that transaction. Returns ``None``, writing nothing, when it
+        cannot do the chunk that way (other ports, or progress left
+        unfinished by an earlier apply).
+
+        Raises:
+            PlanInProgressError: ``request.owner`` no longer holds the lease.
+            Exception: anything a port raised; nothing is written.
         """

@@ -59,8 +59,25 @@ from .._model import (
 )
 from .._service import ResetService
 from .._tokens import token_digest, token_is_live
-from ..errors import InvalidInputError, PlanInProgressError, PlanNotFoundError, StorageError
-from ..ports import Credential, CredentialWrite, EffectBatch, PlanRecord, TokenRecord
+from ..errors import (
+    InvalidInputError,
+    PasswordPolicyError,
+    PlanInProgressError,
+    PlanNotFoundError,
+    StorageError,
+)
+from ..ports import (
+    ChunkRequest,
+    ChunkTally,
+    Credential,
+    CredentialWrite,
+    EffectBatch,
+    PlanCounts,
+    PlanRecord,
+    PlanWriter,
+    TokenRecord,
+)
+from . import _sqlite_bulk as bulk
 from . import _sqlite_schema as schema
 
 __all__ = [
@@ -130,6 +147,7 @@ class _Database:
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA temp_store = MEMORY")  # set-based apply's chunk table
             schema.migrate(conn)
         except StorageError:
             conn.close()
@@ -152,6 +170,10 @@ class _Database:
         """
         with self.lock:
             self._check_open()
+            if self.conn.in_transaction:  # inside this thread's own transaction
+                with self._savepoint():
+                    yield self.conn
+                return
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -165,6 +187,25 @@ class _Database:
                 if isinstance(exc, sqlite3.Error):
                     raise _fail(exc) from exc
                 raise
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        """A nested write: it joins the open transaction and commits or rolls back with it.
+
+        An error undoes only the nested part (``ROLLBACK TO``) and propagates,
+        so the outer transaction decides.
+        """
+        self.conn.execute("SAVEPOINT nested_write")
+        try:
+            yield
+            self.conn.execute("RELEASE nested_write")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK TO nested_write")
+                self.conn.execute("RELEASE nested_write")
+            if isinstance(exc, sqlite3.Error):
+                raise _fail(exc) from exc
+            raise
 
     def select(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         """Run one query (its own snapshot) and return every row.
@@ -265,6 +306,20 @@ SELECT c.member_id,
 FROM credentials AS c LEFT JOIN plans AS p ON p.plan_id = c.shared_plan_id
 WHERE c.member_id IN (SELECT value FROM json_each(?))
 """
+
+
+_AUDIT_SELECT = "SELECT at, action, actor, plan_id, member_id, detail FROM audit"
+
+
+def _audit_from_row(row: Sequence[Any]) -> AuditEvent:
+    return AuditEvent(
+        at=from_iso(row[0]),
+        action=row[1],
+        actor=row[2],
+        plan_id=row[3],
+        member_id=row[4],
+        detail=row[5],
+    )
 
 
 def _credential_params(write: CredentialWrite) -> tuple[object, ...]:
@@ -387,6 +442,9 @@ class SqliteStorage:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._db = _Database(path)
+        self.set_based = True
+        """Plan and apply whole chunks in SQL (:class:`~bulkreset.ports.SetBasedStorage`);
+        ``False`` sends every chunk through the port-by-port path (tests compare the two)."""
         # The last plan body parsed, and its plan: ``apply`` loads a plan twice,
         # and parsing 100,000 targets costs far more than comparing the text.
 
@@ -833,6 +891,103 @@ class SqliteStorage:
             )
             conn.executemany(_INSERT_AUDIT, map(_audit_params, batch.audit))
 
+    # set-based plan and apply (ports.SetBasedStorage) ------------------------------
+
+    def classify_into_plan(
+        self,
+        writer: PlanWriter,
+        selection: Sequence[str] | None,
+        *,
+        actor: Member,
+        settings: PlanSettings,
+        folded_password: str | None,
+    ) -> PlanCounts | None:
+        """Sort a selection into the plan being written, in SQL.
+
+        See :meth:`bulkreset.ports.SetBasedStorage.classify_into_plan`; the
+        rules are those of :func:`bulkreset._planning.classify`.
+
+        Returns ``None`` when *writer* is not this store's or already holds entries.
+
+        Raises:
+            PasswordPolicyError: a target's folded login ID equals
+                *folded_password* (``same_as_login_id``).
+            StorageError: SQLite failed.
+        """
+        if not self.set_based or not isinstance(writer, SqlitePlanWriter) or any(writer.counts):
+            return None
+        conn = writer._connection()
+        params = bulk.rule_params(settings, actor.member_id, actor.role)
+        try:
+            targets, warnings, excluded = bulk.classify_into_plan(
+                conn, writer.plan_id, selection, params
+            )
+            same = folded_password is not None and bulk.target_with_login_key(
+                conn, writer.plan_id, folded_password
+            )
+        except sqlite3.Error as exc:
+            raise _fail(exc) from exc
+        if same:
+            raise PasswordPolicyError(("same_as_login_id",))
+        writer.counts = [targets, sum(excluded.values()), warnings]
+        return PlanCounts(targets=targets, warnings=warnings, excluded=excluded)
+
+    def apply_chunk(self, request: ChunkRequest) -> ChunkTally | None:
+        """Apply one chunk of targets in one transaction.
+
+        See :meth:`bulkreset.ports.SetBasedStorage.apply_chunk`.
+
+        Handles the chunk when the notices go to this store's
+        :class:`SqliteOutbox` and (for a force change) sessions are this
+        store's :class:`SqliteSessions`, and the plan does not generate
+        passwords; returns ``None`` otherwise. ``request.notifier.send``
+        and ``request.sessions.revoke`` are still called (wrappers see every
+        notice), inside the chunk's transaction: effects, progress, audit
+        events, revocations and outbox rows commit together or not at all.
+
+        Raises:
+            PlanInProgressError: ``request.owner`` no longer holds the plan's lease.
+            StorageError: SQLite failed; nothing is written.
+            Exception: whatever a port raised; nothing is written.
+        """
+        force = request.settings.mode is ResetMode.FORCE_CHANGE
+        if (
+            not self.set_based
+            or request.settings.generate_passwords
+            or not (isinstance(request.notifier, SqliteOutbox) and request.notifier._db is self._db)
+            or (
+                force
+                and not (
+                    isinstance(request.sessions, SqliteSessions)
+                    and request.sessions._db is self._db
+                )
+            )
+        ):
+            return None
+        with self._db.write() as conn:
+            renewed = conn.execute(
+                "UPDATE plans SET lease_until = ? WHERE plan_id = ? AND lease_owner = ?",
+                (to_iso(request.lease_until), request.plan_id, request.owner),
+            )
+            if renewed.rowcount != 1:
+                raise PlanInProgressError(
+                    f"plan {request.plan_id} was taken over by another apply; this one stopped"
+                )
+            found = bulk.apply_chunk(conn, request)
+            if found is None:
+                return None
+            counts, before = found
+            events: tuple[AuditEvent, ...] = ()
+            if request.want_events:
+                events = tuple(
+                    _audit_from_row(row)
+                    for row in conn.execute(
+                        f"{_AUDIT_SELECT} WHERE seq > ? ORDER BY seq",
+                        (before,),
+                    )
+                )
+        return ChunkTally(counts=counts, events=events)
+
     @staticmethod
     def _token_params(token: TokenRecord) -> tuple[object, ...]:
         return (
@@ -910,22 +1065,8 @@ class SqliteStorage:
             clauses.append("member_id = ?")
             params.append(member_id)
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        rows = self._db.select(
-            "SELECT at, action, actor, plan_id, member_id, detail FROM audit "  # noqa: S608
-            f"{where}ORDER BY seq",
-            params,
-        )
-        return [
-            AuditEvent(
-                at=from_iso(r[0]),
-                action=r[1],
-                actor=r[2],
-                plan_id=r[3],
-                member_id=r[4],
-                detail=r[5],
-            )
-            for r in rows
-        ]
+        rows = self._db.select(f"{_AUDIT_SELECT} {where}ORDER BY seq", params)
+        return [_audit_from_row(r) for r in rows]
 
 
 # outbox ------------------------------------------------------------------------
@@ -965,7 +1106,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
-def _notice_from_row(row: Sequence[Any]) -> Notice:
+def notice_from_row(row: Sequence[Any]) -> Notice:
     return Notice(
         member_id=row[0],
         kind=NoticeKind(row[1]),
@@ -1016,6 +1157,10 @@ class SqliteOutbox:
             StorageError: SQLite failed; nothing is queued.
         """
         now = to_iso(read_clock(self._clock))
+        if isinstance(notices, bulk.ChunkNotices) and notices.conn is self._db.conn:
+            with self._db.write() as conn:  # inside the chunk's own transaction
+                notices.copy_into_outbox(conn, now)
+            return
         rows = [
             (
                 n.member_id,
@@ -1051,7 +1196,7 @@ class SqliteOutbox:
         """
         rows = self._db.select(_NOTICE_SELECT + f"WHERE {_PENDING} ORDER BY seq")
         now = read_clock(self._clock)
-        notices = [_notice_from_row(r) for r in rows]
+        notices = [notice_from_row(r) for r in rows]
         return [n for n in notices if self._link_is_live(n, now)]
 
     def _link_is_live(self, notice: Notice, now: datetime) -> bool:
@@ -1073,7 +1218,7 @@ class SqliteOutbox:
             StorageError: SQLite failed.
         """
         rows = self._db.select(_NOTICE_SELECT + "WHERE delivered_at IS NOT NULL ORDER BY seq")
-        return [_notice_from_row(r) for r in rows]
+        return [notice_from_row(r) for r in rows]
 
     def listing(self) -> list[dict[str, Any]]:
         """Every outbox row without its secrets, oldest first (for the command line).
@@ -1147,7 +1292,7 @@ class SqliteOutbox:
         delivered = withdrawn = 0
         failed: list[tuple[str, str]] = []
         for row in rows:
-            seq, notice = row[0], _notice_from_row(row[1:])
+            seq, notice = row[0], notice_from_row(row[1:])
             if not self._claim(seq):
                 continue
             if not self._link_is_live(notice, now):
