@@ -77,12 +77,17 @@ def rule_params(settings: PlanSettings, actor_id: str, actor_role: Role) -> dict
 
 # Every member: the members table itself, in member_id order. A selection: the
 # temporary table of its distinct IDs in order, joined to the members it names.
-_ALL_MEMBERS = "members AS m", "m.member_id", "m.member_id"
+# Both are read a page at a time, after the last position sorted (keyset paging).
+_ALL_MEMBERS = "members AS m WHERE m.member_id > :after", "m.member_id", "m.member_id", ""
 _SELECTED = (
-    "temp.bulk_selection AS sel LEFT JOIN members AS m ON m.member_id = sel.member_id",
+    "temp.bulk_selection AS sel LEFT JOIN members AS m ON m.member_id = sel.member_id "
+    "WHERE sel.pos > :after",
     "sel.pos",
     "sel.member_id",
+    0,
 )
+PAGE = 10_000
+"""Members sorted per step: the scratch tables never hold more (bounded memory)."""
 
 _PLAN_TABLES = (
     """
@@ -95,6 +100,7 @@ _PLAN_TABLES = (
     """
     CREATE TEMP TABLE IF NOT EXISTS bulk_sorted (
         seq            INTEGER PRIMARY KEY,
+        pos            NOT NULL,  -- no type: no affinity, a member ID stays text
         member_id      TEXT NOT NULL,
         reason         TEXT,
         warning        TEXT,
@@ -117,9 +123,9 @@ _PLAN_TABLES = (
 
 _SORT = """
 INSERT INTO temp.bulk_sorted
-    (member_id, reason, warning, login_id, name, sign_in, mobile_phone, personal_email,
+    (pos, member_id, reason, warning, login_id, name, sign_in, mobile_phone, personal_email,
      status, role)
-SELECT member_id, reason,
+SELECT pos, member_id, reason,
        CASE WHEN reason IS NULL AND :force
                  AND COALESCE(mobile_phone, '') = '' AND COALESCE(personal_email, '') = ''
             THEN '{warning}' END,
@@ -128,6 +134,8 @@ FROM (
     SELECT {order} AS pos, {member_id} AS member_id, m.login_id, m.name, m.sign_in,
            m.mobile_phone, m.personal_email, m.status, m.role, {case} AS reason
     FROM {source}
+    ORDER BY pos
+    LIMIT :page
 )
 ORDER BY pos
 """
@@ -145,7 +153,7 @@ _ENTRIES = """
 INSERT INTO plan_entries
     (plan_id, target_index, excluded_index, warning_index, member_id, reason, warning,
      login_id, name, sign_in, mobile_phone, personal_email, status, role)
-SELECT :plan_id, {target}, {excluded}, w.n - 1, s.member_id, s.reason, s.warning,
+SELECT :plan_id, {target}, {excluded}, w.n - 1 + :warned, s.member_id, s.reason, s.warning,
        s.login_id, s.name, s.sign_in, s.mobile_phone, s.personal_email, s.status, s.role
 FROM temp.{section} AS r
 JOIN temp.bulk_sorted AS s ON s.seq = r.seq
@@ -164,54 +172,68 @@ def classify_into_plan(
 ) -> tuple[int, int, dict[ExclusionReason, int]]:
     """Write the plan's entries for *selection* (``None``: every member); return the counts.
 
-    Runs inside the plan's transaction on *conn*: sorts the selection once
-    (:data:`EXCLUSION_CASE`), numbers each section by rowid, and writes the
-    entries with their section indexes (targets, exclusions, warnings).
+    Runs inside the plan's transaction on *conn*, :data:`PAGE` members at a
+    time: sorts them (:data:`EXCLUSION_CASE`), numbers each section by rowid
+    after the entries of the pages before, and writes the entries with their
+    section indexes (targets, exclusions, warnings).
     """
     for statement in _PLAN_TABLES:
         conn.execute(statement)
+    if selection is None:
+        source, order, member_id, after = _ALL_MEMBERS
+    else:
+        conn.executemany(
+            "INSERT INTO temp.bulk_selection (member_id) VALUES (?)", ((i,) for i in selection)
+        )
+        source, order, member_id, after = _SELECTED
+    sort = _SORT.format(
+        source=source,
+        order=order,
+        member_id=member_id,
+        case=EXCLUSION_CASE,
+        warning=WarningKind.CANNOT_SELF_RECOVER.value,
+    )
+    targets_sql = _ENTRIES.format(
+        target="r.n - 1 + :targets", excluded="NULL", section="bulk_targets"
+    )
+    excluded_sql = _ENTRIES.format(
+        target="NULL", excluded="r.n - 1 + :excluded", section="bulk_excluded"
+    )
+    seen = {"targets": 0, "excluded": 0, "warned": 0}
+    reasons: dict[ExclusionReason, int] = {}
     try:
-        if selection is None:
-            source, order, member_id = _ALL_MEMBERS
-        else:
-            conn.executemany(
-                "INSERT INTO temp.bulk_selection (member_id) VALUES (?)",
-                ((i,) for i in selection),
-            )
-            source, order, member_id = _SELECTED
-        sort = _SORT.format(
-            source=source,
-            order=order,
-            member_id=member_id,
-            case=EXCLUSION_CASE,
-            warning=WarningKind.CANNOT_SELF_RECOVER.value,
-        )
-        conn.execute(sort, params)
-        for statement in _RANK:
-            conn.execute(statement)
-        conn.execute(
-            _ENTRIES.format(target="r.n - 1", excluded="NULL", section="bulk_targets"),
-            {"plan_id": plan_id},
-        )
-        conn.execute(
-            _ENTRIES.format(target="NULL", excluded="r.n - 1", section="bulk_excluded"),
-            {"plan_id": plan_id},
-        )
-        targets, warnings = (
-            conn.execute(f"SELECT count(*) FROM temp.{t}").fetchone()[0]
-            for t in ("bulk_targets", "bulk_warned")
-        )
-        excluded = {
-            ExclusionReason(reason): count
+        while True:
+            for table in _PLAN_SCRATCH[1:]:
+                conn.execute(f"DELETE FROM temp.{table}")
+            conn.execute(sort, {**params, "after": after, "page": PAGE})
+            last = conn.execute(
+                "SELECT pos, seq FROM temp.bulk_sorted ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            if last is None:
+                break
+            for statement in _RANK:
+                conn.execute(statement)
+            offsets = {"plan_id": plan_id, **seen}
+            conn.execute(targets_sql, offsets)
+            conn.execute(excluded_sql, offsets)
+            for key, table in (
+                ("targets", "bulk_targets"),
+                ("excluded", "bulk_excluded"),
+                ("warned", "bulk_warned"),
+            ):
+                seen[key] += conn.execute(f"SELECT count(*) FROM temp.{table}").fetchone()[0]
             for reason, count in conn.execute(
                 "SELECT reason, count(*) FROM temp.bulk_sorted WHERE reason IS NOT NULL "
                 "GROUP BY reason"
-            )
-        }
+            ):
+                reasons[ExclusionReason(reason)] = reasons.get(ExclusionReason(reason), 0) + count
+            after, sorted_here = last
+            if sorted_here < PAGE:
+                break
     finally:
         for table in _PLAN_SCRATCH:
             conn.execute(f"DELETE FROM temp.{table}")
-    return targets, warnings, excluded
+    return seen["targets"], seen["warned"], reasons
 
 
 def target_with_login_key(conn: sqlite3.Connection, plan_id: str, login_key: str) -> bool:
