@@ -111,6 +111,11 @@ def _encodable(text: object) -> bool:
 
 def _id_list(ids: Iterable[str]) -> str:
     """A JSON array of the storable IDs, for ``IN (SELECT value FROM json_each(?))``."""
+    ids = list(ids)
+    if all(type(i) is str for i in ids):  # the usual case: check the whole array at once
+        text = json.dumps(ids, ensure_ascii=False)
+        if _encodable(text):
+            return text
     return json.dumps([i for i in ids if _encodable(i)], ensure_ascii=False)
 
 
