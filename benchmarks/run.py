@@ -1050,7 +1050,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hashing", action="store_true", help="also benchmark bulkreset._hashing.hash_many"
     )
-    parser.add_argument("--hash-count", type=int, default=40, help="passwords per hashing run")
+    parser.add_argument("--hash-count", type=int, default=100, help="passwords per hashing run")
     parser.add_argument(
         "--progress",
         action="store_true",

@@ -78,8 +78,14 @@ def rule_params(settings: PlanSettings, actor_id: str, actor_role: Role) -> dict
 # Every member: the members table itself, in member_id order. A selection: the
 # temporary table of its distinct IDs in order, joined to the members it names.
 # Both are read a page at a time, after the last position sorted (keyset paging).
-_ALL_MEMBERS = "members AS m WHERE m.member_id > :after", "m.member_id", "m.member_id", ""
-_SELECTED = (
+_Source = tuple[str, str, str, "str | int"]  # FROM ... WHERE, order, member ID, first key
+_ALL_MEMBERS: _Source = (
+    "members AS m WHERE m.member_id > :after",
+    "m.member_id",
+    "m.member_id",
+    "",
+)
+_SELECTED: _Source = (
     "temp.bulk_selection AS sel LEFT JOIN members AS m ON m.member_id = sel.member_id "
     "WHERE sel.pos > :after",
     "sel.pos",
