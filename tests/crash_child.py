@@ -49,7 +49,7 @@ import argon2
 from argon2.profiles import CHEAPEST
 
 from bulkreset import Notice
-from bulkreset.adapters.sqlite import open_service
+from bulkreset.adapters.sqlite import SqliteOutbox, SqliteSessions, open_service
 
 CHUNK_SIZE = 3
 KINDS = (
@@ -136,8 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     real_commit: Callable[..., None] = store.commit
     real_chunk: Callable[..., Any] = store.apply_chunk
     real_release: Callable[..., None] = store.release_plan
-    real_revoke = service.sessions.revoke
-    real_send = service.notifier.send
+    # The ports are wrapped on their classes: a wrapper on the instance would
+    # send every chunk port by port (the store applies in SQL only its own,
+    # unwrapped outbox and sessions), and the set-based path must be crashed too.
+    real_revoke = SqliteSessions.revoke
+    real_send = SqliteOutbox.send
     conn = store._db.conn  # the torn transaction needs the connection itself
 
     def commit(batch: Any) -> None:
@@ -177,22 +180,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if n == at and kind == "release-after":
             die(how)
 
-    def revoke(member_ids: Sequence[str], issued_before: datetime) -> None:
+    def revoke(self: SqliteSessions, member_ids: Sequence[str], issued_before: datetime) -> None:
         n = step("revoke")
         if n == at and kind == "revoke-mid":
             half = list(member_ids)[: (len(member_ids) + 1) // 2]
-            real_revoke(half, issued_before)
+            real_revoke(self, half, issued_before)
             die(how)
         revoked.extend(member_ids)
-        real_revoke(member_ids, issued_before)
+        real_revoke(self, member_ids, issued_before)
 
-    def send(notices: Sequence[Notice]) -> None:
+    def send(self: SqliteOutbox, notices: Sequence[Notice]) -> None:
         n = step("send")
         if n == at and kind == "send-mid":
-            real_send(list(notices)[: (len(notices) + 1) // 2])
+            real_send(self, list(notices)[: (len(notices) + 1) // 2])
             die(how)
         sent_keys.extend(x.idempotency_key for x in notices)
-        real_send(notices)
+        real_send(self, notices)
 
     def progress(done: int, total: int) -> None:
         if step("chunk") == at and kind == "chunk":
@@ -201,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     store.commit = commit
     store.apply_chunk = apply_chunk
     store.release_plan = release_plan
-    service.sessions.revoke = revoke  # type: ignore[method-assign]
-    service.notifier.send = send  # type: ignore[method-assign]
+    SqliteSessions.revoke = revoke  # type: ignore[method-assign]
+    SqliteOutbox.send = send  # type: ignore[method-assign]
 
     plan = service.load_plan(args.plan_id)
     before = store.get_progress(plan.plan_id)

@@ -12,26 +12,27 @@ import csv
 import getpass
 import io
 import json
-import smtplib
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import argon2
-import attrs
 import pytest
 
 import bulkreset.cli as cli
-from bulkreset import MemberOutcome, NoticeKind, Outcome, ResetService
+from bulkreset import MemberOutcome, Outcome, ResetService
+from bulkreset.adapters.smtp import message_id
 from bulkreset.adapters.sqlite import open_service
 from bulkreset.errors import StorageError
 from bulkreset.ports import EffectBatch
 
 from .conftest import shared_data_file
+from .smtp_server import PASSWORD as SMTP_PASSWORD
+from .smtp_server import USER as SMTP_USER
+from .smtp_server import Mailbox, smtp_server
 
 PASSWORD = "Harbor 42 lanterns"
 OWN = "my own secret passphrase 7"
@@ -834,78 +835,94 @@ def test_outbox_lists_pending_notices_without_secrets(
     assert all(token and token not in out + human for token in tokens)
 
 
-class FakeSMTP:
-    """Stands in for smtplib.SMTP: records connections and messages."""
-
-    sent: ClassVar[list[EmailMessage]] = []
-    tls: ClassVar[int] = 0
-
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.address = (host, port)
-
-    def __enter__(self) -> FakeSMTP:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def starttls(self) -> None:
-        FakeSMTP.tls += 1
-
-    def send_message(self, message: EmailMessage) -> None:
-        if message["To"] == "m2-fails@corp.example":
-            raise smtplib.SMTPRecipientsRefused({})
-        FakeSMTP.sent.append(message)
-
-
-@pytest.fixture
-def smtp(monkeypatch: pytest.MonkeyPatch) -> type[FakeSMTP]:
-    FakeSMTP.sent = []
-    FakeSMTP.tls = 0
-    monkeypatch.setattr(smtplib, "SMTP", FakeSMTP)
-    return FakeSMTP
-
-
 def test_outbox_send_delivers_once(
-    run: Run, db: str, smtp: type[FakeSMTP], service: ResetService
+    run: Run, db: str, service: ResetService, trusting: Callable[[Mailbox], None]
 ) -> None:
-    """--send delivers each pending notice once; its Message-ID derives from its key."""
+    """--send delivers each pending notice once, through a real SMTP server on loopback;
+    each Message-ID derives from the notice's key."""
     plan = _plan(run, db, "force", "--then-request", "--deliver-password")
     run("--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"])
     pending = service.notifier.pending()  # type: ignore[attr-defined]
-    code, out, _ = run(
-        "--db",
-        db,
-        "outbox",
-        "--send",
-        "--smtp",
-        "mail.example:2525",
-        "--starttls",
-        "--reset-url",
-        "https://corp.example/reset?t=",
-    )
-    assert (0, True, 1) == (code, "Delivered 6 notice(s)" in out, smtp.tls)
-    expected_ids = sorted(cli.message_id(n, "bulkreset@localhost") for n in pending)
-    assert expected_ids == sorted(m["Message-ID"] for m in smtp.sent)
-    bodies = [m.get_content() for m in smtp.sent]
-    assert sum("https://corp.example/reset?t=" in b for b in bodies) == 3
-    assert sum(PASSWORD in b for b in bodies) == 3
-    code, out, _ = run("--db", db, "outbox", "--send", "--smtp", "[::1]:25", "--json")
-    assert (0, {"delivered": 0, "failed": []}, 6) == (code, json.loads(out), len(smtp.sent))
+    with smtp_server(security="starttls") as box:
+        trusting(box)
+        code, out, _ = run(
+            "--db",
+            db,
+            "outbox",
+            "--send",
+            "--smtp",
+            f"localhost:{box.port}",
+            "--starttls",
+            "--from",
+            "it@corp.example",
+            "--link",
+            "https://corp.example/reset?t={token}",
+            "--rate",
+            "50/s",
+        )
+        assert (0, True) == (code, "Delivered 6 notice(s)" in out)
+        expected_ids = sorted(message_id(n, "it@corp.example") for n in pending)
+        assert expected_ids == sorted(m["Message-ID"] for m in box.messages)
+        bodies = [m.get_body(("plain",)).get_content() for m in box.messages]  # type: ignore[union-attr]
+        assert 3 == sum("https://corp.example/reset?t=" in b for b in bodies)
+        assert 3 == sum(PASSWORD in b for b in bodies)
+        code, out, _ = run(
+            "--db", db, "outbox", "--send", "--smtp", f"localhost:{box.port}", "--starttls",
+            "--json",
+        )  # fmt: skip
+        assert 0 == code
+        assert (0, [], 6) == (
+            json.loads(out)["delivered"],
+            json.loads(out)["failed"],
+            len(box.messages),
+        )
     assert [] == service.notifier.pending()  # type: ignore[attr-defined]
 
 
-def test_outbox_send_failure_keeps_notice_pending(
-    run: Run, db: str, smtp: type[FakeSMTP], service: ResetService
+def test_outbox_send_reports_refused_and_deferred_notices(
+    run: Run, db: str, service: ResetService
 ) -> None:
-    """A notice the relay refuses stays pending and the command exits 1."""
-    member = service.store.get_members(["m2"])["m2"]
-    service.store.add_members([attrs.evolve(member, login_id="m2-fails@corp.example")])
+    """550 fails that notice for good, 421 keeps it pending; the others go; exit status 1."""
     plan = _plan(run, db, "request")
     run("--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"])
-    code, out, _ = run("--db", db, "outbox", "--send", "--smtp", "localhost:25")
-    assert (1, True) == (code, "SMTPRecipientsRefused" in out)
+    logins = {n.member_id: n.recipient for n in service.notifier.pending()}  # type: ignore[attr-defined]
+    refuse = {logins["m1"]: "550 5.1.1 no such user", logins["m2"]: "451 4.3.0 try later"}
+    with smtp_server(refuse=refuse) as box:
+        code, out, _ = run("--db", db, "outbox", "--send", "--smtp", f"127.0.0.1:{box.port}")
+        assert 1 == code
+        assert "failed for good: " in out
+        assert "(SMTP 550)" in out
+        assert "retried later: " in out
+        assert "(SMTP 451)" in out
+        assert len(logins) - 2 == len(box.messages)
     assert ["m2"] == [n.member_id for n in service.notifier.pending()]  # type: ignore[attr-defined]
+
+
+def test_outbox_send_logs_in_over_tls(
+    run: Run,
+    db: str,
+    service: ResetService,
+    tmp_path: Path,
+    trusting: Callable[[Mailbox], None],
+) -> None:
+    """--tls --user --password-file: implicit TLS and a login; the password is never an argument."""
+    plan = _plan(run, db, "request")
+    run("--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"])
+    secret = tmp_path / "smtp-password"
+    secret.write_text(SMTP_PASSWORD + "\n", encoding="utf-8")
+    with smtp_server(security="tls", login=True) as box:
+        trusting(box)
+        argv = ["--db", db, "outbox", "--send", "--smtp", f"localhost:{box.port}", "--tls"]
+        code, out, _ = run(*argv, "--user", SMTP_USER, "--password-file", str(secret))
+        assert (0, 4) == (code, len(box.messages))
+    secret.write_text("wrong password\n", encoding="utf-8")
+    plan = _plan(run, db, "request")
+    run("--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"])
+    with smtp_server(security="tls", login=True) as box:
+        trusting(box)
+        code, out, _ = run(*argv[:5], f"localhost:{box.port}", "--tls", "--user", SMTP_USER,
+                           "--password-file", str(secret))  # fmt: skip
+        assert (1, True, 0) == (code, "Stopped" in out, len(box.messages))
 
 
 @pytest.mark.parametrize(
@@ -913,40 +930,39 @@ def test_outbox_send_failure_keeps_notice_pending(
     [
         ["--send"],
         ["--smtp", "h:25"],
+        ["--tls"],
         ["--send", "--smtp", "nohost"],
         ["--send", "--smtp", "h:99999"],
+        ["--send", "--smtp", "h:25", "--starttls", "--tls"],
+        ["--send", "--smtp", "h:25", "--user", "u"],
+        ["--send", "--smtp", "h:25", "--rate", "0/s"],
+        ["--send", "--smtp", "h:25", "--rate", "fast"],
+        ["--send", "--smtp", "h:25", "--link", "https://x.example/reset"],
+        ["--send", "--smtp", "h:25", "--timezone", "Mars/Olympus"],
+        ["--send", "--smtp", "h:25", "--from", "nobody"],
+        ["--send", "--smtp", "h:25", "--user", "u", "--password-file", "/nonexistent/file"],
+        ["--send", "--smtp", "mail.example:25", "--user", "u", "--password-file", "/dev/null"],
     ],
 )
 def test_outbox_send_usage_errors(run: Run, db: str, args: list[str]) -> None:
-    """--send needs a valid --smtp HOST:PORT, and --smtp needs --send."""
+    """--send needs a valid --smtp HOST:PORT and sound options; nothing is sent otherwise."""
     code, _, err = run("--db", db, "outbox", *args)
     assert 2 == code
     one_line_error(err)
 
 
-def test_notice_email_without_recipient_is_refused() -> None:
-    """A notice without a recipient cannot become a mail."""
-    from bulkreset import Notice
+@pytest.fixture
+def trusting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[Mailbox], None]:
+    """Make the command trust a test server's throw-away CA, as an operator would:
+    through OpenSSL's ``SSL_CERT_FILE``."""
 
-    with pytest.raises(ValueError, match="no recipient"):
-        cli.notice_email(Notice("m", NoticeKind.PASSWORD_RESET), sender="a@b")
+    def trust(box: Mailbox) -> None:
+        assert box.ca_pem is not None
+        path = tmp_path / "test-ca.pem"
+        path.write_bytes(box.ca_pem)
+        monkeypatch.setenv("SSL_CERT_FILE", str(path))
 
-
-def test_notice_email_defaults() -> None:
-    """A notice without name, times or domain still makes a readable mail."""
-    from bulkreset import Notice
-
-    notice = Notice(
-        "m", NoticeKind.CHANGE_REQUEST, token="tok", idempotency_key="k", recipient="x@y"
-    )
-    message = cli.notice_email(notice, sender="bulkreset")
-    assert ("Hello,", "@bulkreset.invalid>") == (
-        message.get_content()[:6],
-        message["Message-ID"][-19:],
-    )
-    reset = cli.notice_email(Notice("m", NoticeKind.PASSWORD_RESET, recipient="x@y"), sender="a@b")
-    assert "just now" in reset.get_content()
-    assert reset["Date"]  # RFC 5322 requires one
+    return trust
 
 
 # ---------------------------------------------------------------------- demo

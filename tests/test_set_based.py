@@ -8,6 +8,8 @@ make the same plan, the same outcomes and leave the same rows.
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -30,8 +32,8 @@ from bulkreset import (
     ResetService,
 )
 from bulkreset.adapters import _sqlite_bulk as bulk
-from bulkreset.adapters.sqlite import SqliteStorage, open_service
-from bulkreset.errors import StorageError
+from bulkreset.adapters.sqlite import SqliteOutbox, SqliteStorage, open_service
+from bulkreset.errors import RetryLaterError, StorageError
 
 from .conftest import FakeClock, port_by_port
 
@@ -88,7 +90,7 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
         st.lists(
             st.tuples(
                 st.sampled_from([m.member_id for m in everyone[1:]] or ["boss"]),
-                st.sampled_from(["suspended", "pending", "quick_login", "active"]),
+                st.sampled_from(["suspended", "pending", "quick_login", "active", "contact"]),
             ),
             max_size=3,
         )
@@ -120,6 +122,15 @@ def service_over(case: dict[str, Any], *, ports: bool) -> Iterator[ResetService]
 
 
 def changed(member: Member, change: str) -> Member:
+    if change == "contact":  # moved: new name, login and personal email
+        return Member(
+            **{
+                **_fields(member),
+                "name": "Moved Person",
+                "login_id": f"new-{member.login_id}",
+                "personal_email": f"new-{member.member_id}@home.example",
+            }
+        )
     if change == "quick_login":
         return Member(**{**_fields(member), "sign_in": "quick_login"})
     return Member(**{**_fields(member), "status": change})
@@ -250,8 +261,9 @@ def test_the_set_based_path_is_the_one_taken(clock: FakeClock) -> None:
     store.close()
 
 
-def test_a_wrapped_notifier_sees_every_notice_with_a_live_token(clock: FakeClock) -> None:
-    """The outbox's port is still called per chunk: a wrapper reads real notices."""
+def test_a_wrapped_notifier_sees_plain_lists_outside_any_transaction(clock: FakeClock) -> None:
+    """A wrapper on the outbox instance sends the apply port by port: it gets lists of
+    Notices, once each, with live tokens, and may use the store from another thread."""
     service = open_service(":memory:", clock=clock, hasher=CHEAP, chunk_size=2)
     store: Any = service.store
     store.add_members(
@@ -259,12 +271,16 @@ def test_a_wrapped_notifier_sees_every_notice_with_a_live_token(clock: FakeClock
         + [Member(f"m{i}", f"m{i}@x", personal_email=f"m{i}@home") for i in range(5)]
     )
     seen: list[Notice] = []
+    batches: list[type] = []
     real_send = service.notifier.send
 
     def send(notices: Sequence[Notice]) -> None:
-        assert len(notices) == len(list(notices))
-        seen.extend(notices[i] for i in range(len(notices)))
-        assert "notice(s) of plan" in repr(notices)
+        batches.append(type(notices))
+        seen.extend(notices)
+        worker = threading.Thread(target=lambda: service.check_token(notices[-1].token or ""))
+        worker.start()  # a wrapper may hand notices to a thread that uses the store
+        worker.join(timeout=10)
+        assert not worker.is_alive()
         real_send(notices)
 
     service.notifier.send = send  # type: ignore[method-assign]
@@ -272,12 +288,12 @@ def test_a_wrapped_notifier_sees_every_notice_with_a_live_token(clock: FakeClock
     plan = service.plan(ALL, policy, actor="boss")
     result = service.apply(plan, confirm=plan.confirmation)
     assert 5 == result.count(Outcome.RESET)
-    kinds = [(n.member_id, n.kind) for n in seen]
+    assert {list} == set(batches)
     assert [
         (f"m{i}", kind)
         for i in range(5)
         for kind in (NoticeKind.PASSWORD_RESET, NoticeKind.CHANGE_REQUEST)
-    ] == kinds
+    ] == [(n.member_id, n.kind) for n in seen]
     pending = service.notifier.pending()  # type: ignore[attr-defined]
     assert [n.idempotency_key for n in seen] == [n.idempotency_key for n in pending]
     assert all(n.recipient == f"{n.member_id}@home" for n in seen[::2])  # signed out: home
@@ -286,23 +302,58 @@ def test_a_wrapped_notifier_sees_every_notice_with_a_live_token(clock: FakeClock
     store.close()
 
 
+def test_the_outbox_reads_a_set_based_chunk_in_sql_and_late_readers_are_refused(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Patched on its class, the outbox's send gets the chunk's notices as a sequence that
+    reads as Notices during send, equals them, copies as a list, and refuses reads later."""
+    service = open_service(":memory:", clock=clock, hasher=CHEAP, chunk_size=2)
+    store: Any = service.store
+    store.add_members(
+        [Member("boss", "b@x", role="admin")] + [Member(f"m{i}", f"m{i}@x") for i in range(3)]
+    )
+    kept: list[Sequence[Notice]] = []
+    copies: list[list[Notice]] = []
+    real_send = SqliteOutbox.send
+
+    def send(self: SqliteOutbox, notices: Sequence[Notice]) -> None:
+        kept.append(notices)
+        if len(kept) == 1:  # the first chunk is read during send; the second is not
+            copies.append(list(notices))
+            assert notices == copies[-1]
+            assert copies[-1] == copy.deepcopy(notices)  # a plain list
+            assert "notice(s) of plan" in repr(notices)
+        real_send(self, notices)
+
+    monkeypatch.setattr(SqliteOutbox, "send", send)
+    plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="boss")
+    result = service.apply(plan, confirm=plan.confirmation)
+    assert 3 == result.count(Outcome.REQUESTED)
+    assert [2, 1] == [len(n) for n in kept]
+    assert ["m0", "m1"] == [n.member_id for n in kept[0]]  # read during send: kept
+    with pytest.raises(StorageError, match="during send"):
+        list(kept[1])
+    assert 3 == len(service.notifier.pending())  # type: ignore[attr-defined]
+    store.close()
+
+
 def test_a_notifier_failing_inside_the_chunk_leaves_nothing_then_falls_back(
-    clock: FakeClock,
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The chunk's transaction rolls back whole; the port-by-port path then does the chunk."""
     service = open_service(":memory:", clock=clock, hasher=CHEAP)
     store: Any = service.store
     store.add_members([Member("boss", "b@x", role="admin"), Member("m1", "m1@x")])
-    real_send = service.notifier.send
+    real_send = SqliteOutbox.send
     calls: list[int] = []
 
-    def send(notices: Sequence[Notice]) -> None:
+    def send(self: SqliteOutbox, notices: Sequence[Notice]) -> None:
         calls.append(len(notices))
-        real_send(notices)  # queued inside the chunk's transaction ...
+        real_send(self, notices)  # queued inside the chunk's transaction ...
         if len(calls) == 1:
             raise ConnectionError("relay down")  # ... then undone with it
 
-    service.notifier.send = send  # type: ignore[method-assign]
+    monkeypatch.setattr(SqliteOutbox, "send", send)
     plan = service.plan(["m1"], ResetPolicy(ResetMode.REQUEST_CHANGE), actor="boss")
     result = service.apply(plan, confirm=plan.confirmation)
     assert (Outcome.REQUESTED, True) == (
@@ -392,4 +443,55 @@ def test_a_resumed_apply_finishes_half_done_members_port_by_port(clock: FakeCloc
     second = service.apply(plan, confirm=plan.confirmation)
     assert second.ok
     assert 2 == store.get_credentials(["m1"])["m1"].generation  # reset once
+    store.close()
+
+
+def test_the_actor_is_read_again_for_every_chunk(clock: FakeClock) -> None:
+    """A super admin demoted to admin mid-apply no longer resets super admins (both paths)."""
+    for set_based in (True, False):
+        service = open_service(":memory:", clock=clock, hasher=CHEAP, chunk_size=1)
+        store: Any = service.store
+        store.set_based = set_based
+        boss = Member("boss", "boss@x", role="super_admin")
+        store.add_members([boss, Member("a", "a@x"), Member("z", "z@x", role="super_admin")])
+        plan = service.plan(["a", "z"], ResetPolicy(ResetMode.REQUEST_CHANGE), actor="boss")
+
+        def demote(done: int, total: int, store: Any = store) -> None:
+            if done == 1:
+                store.add_members([Member("boss", "boss@x", role="admin")])
+
+        result = service.apply(plan, confirm=plan.confirmation, progress=demote)
+        assert (Outcome.EXCLUDED, "not_permitted") == (
+            result.outcomes["z"].outcome,
+            result.outcomes["z"].reason,
+        ), set_based
+        store.close()
+
+
+def test_a_rate_limited_outbox_defers_the_rest_of_the_apply(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RetryLaterError inside a chunk: effects still stored, notices left for the next apply."""
+    service = open_service(":memory:", clock=clock, hasher=CHEAP, chunk_size=1)
+    store: Any = service.store
+    store.add_members(
+        [Member("boss", "b@x", role="admin"), Member("m1", "m1@x"), Member("m2", "m2@x")]
+    )
+    real_send = SqliteOutbox.send
+    calls: list[int] = []
+
+    def limited(self: SqliteOutbox, notices: Sequence[Notice]) -> None:
+        calls.append(len(notices))
+        raise RetryLaterError(retry_after=60)
+
+    monkeypatch.setattr(SqliteOutbox, "send", limited)
+    plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="boss")
+    first = service.apply(plan, confirm=plan.confirmation)
+    assert [1] == calls  # asked once; nothing more sent in this apply
+    assert ("m1", "m2") == first.summary.unfinished
+    assert 2 == first.count(Outcome.REQUESTED)
+    monkeypatch.setattr(SqliteOutbox, "send", real_send)
+    second = service.apply(plan, confirm=plan.confirmation)
+    assert second.ok
+    assert 2 == len(service.notifier.pending())  # type: ignore[attr-defined]
     store.close()

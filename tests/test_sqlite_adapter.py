@@ -41,7 +41,13 @@ from bulkreset.adapters.sqlite import (
     SqliteStorage,
     open_service,
 )
-from bulkreset.errors import InvalidInputError, PlanNotFoundError, StorageError
+from bulkreset.errors import (
+    InvalidInputError,
+    PermanentDeliveryError,
+    PlanNotFoundError,
+    StorageError,
+    TemporaryDeliveryError,
+)
 from bulkreset.ports import CredentialWrite, EffectBatch, TokenRecord
 
 from .conftest import FakeClock, directory
@@ -619,19 +625,20 @@ def test_deliver_erases_secrets_and_never_resends(svc: ResetService) -> None:
     box = outbox(svc)
     box.send([notice("p:m1:x", token="tok-1"), notice("p:m2:x", password="pw-2")])
     got: list[Notice] = []
-    assert DeliveryReport(2, ()) == box.deliver(got.append)
+    assert DeliveryReport(2) == box.deliver(got.append)
     assert ("tok-1", "pw-2") == (got[0].token, got[1].password)
     assert [] == box.pending()
     assert [n.without_secrets() for n in got] == box.delivered()
     assert not {"tok-1", "pw-2"} & set(flat(store(svc).dump()))
     box.send([notice("p:m1:x", token="tok-1")])
-    assert DeliveryReport(0, ()) == box.deliver(got.append)
+    assert DeliveryReport(0) == box.deliver(got.append)
     assert 2 == len(got)
     assert ["delivered", "delivered"] == [row["status"] for row in box.listing()]
 
 
-def test_failed_delivery_stays_pending(svc: ResetService) -> None:
-    """A transport error keeps the notice pending, counts the attempt and names the error type."""
+def test_failed_delivery_stays_pending(svc: ResetService, clock: FakeClock) -> None:
+    """A transport error keeps the notice pending, counts the attempt and names the error type;
+    it is retried after a backoff that doubles with every attempt."""
     box = outbox(svc)
     box.send([notice("p:m1:x", token="secret-token"), notice("p:m2:x")])
 
@@ -640,13 +647,73 @@ def test_failed_delivery_stays_pending(svc: ResetService) -> None:
             raise ConnectionError("smtp said secret-token")
 
     report = box.deliver(flaky)
-    assert DeliveryReport(1, (("p:m1:x", "ConnectionError"),)) == report
+    assert DeliveryReport(1, deferred=(("p:m1:x", "ConnectionError"),)) == report
     [row, done] = box.listing()
-    assert ("failed", 1, "ConnectionError") == (row["status"], row["attempts"], row["last_error"])
+    assert ("deferred", 1, "ConnectionError") == (
+        row["status"],
+        row["attempts"],
+        row["last_error"],
+    )
+    assert clock.now + timedelta(minutes=1) == row["retry_at"]
     assert "secret-token" not in repr(row)
     assert "delivered" == done["status"]
     assert ["secret-token"] == [n.token for n in box.pending()]
-    assert DeliveryReport(1, ()) == box.deliver(lambda n: None)
+    assert DeliveryReport() == box.deliver(lambda n: None)  # not due yet
+    clock.advance(minutes=1)
+    assert DeliveryReport(deferred=(("p:m1:x", "ConnectionError"),)) == box.deliver(flaky)
+    assert clock.now + timedelta(minutes=2) == box.listing()[0]["retry_at"]  # doubled
+    clock.advance(minutes=2)
+    assert DeliveryReport(1) == box.deliver(lambda n: None)
+
+
+def test_a_permanent_failure_is_final_and_the_others_still_go(svc: ResetService) -> None:
+    """PermanentDeliveryError marks that notice failed, erases its secret; the rest go."""
+    box = outbox(svc)
+    box.send([notice("p:m1:x", token="secret-token"), notice("p:m2:x")])
+
+    def refuse_m1(n: Notice) -> None:
+        if n.member_id == "m1":
+            raise PermanentDeliveryError("SMTP 550", code=550)
+
+    assert DeliveryReport(1, failed=(("p:m1:x", "SMTP 550"),)) == box.deliver(refuse_m1)
+    [row, done] = box.listing()
+    assert ("failed", "SMTP 550", None) == (row["status"], row["last_error"], row["retry_at"])
+    assert "delivered" == done["status"]
+    assert [] == box.pending()
+    assert DeliveryReport() == box.deliver(lambda n: None)  # never again
+    assert [None] == [r[4] for r in svc.store.dump()["outbox"] if r[1] == "p:m1:x"]  # type: ignore[attr-defined]
+
+
+def test_a_server_that_is_down_stops_the_run(svc: ResetService) -> None:
+    """An error with stop_run (server unreachable) defers that notice and stops trying others."""
+    box = outbox(svc)
+    box.send([notice(f"p:m{i}:x") for i in range(3)])
+    calls: list[str] = []
+
+    def down(n: Notice) -> None:
+        calls.append(n.idempotency_key)
+        raise TemporaryDeliveryError(
+            "SMTP server unreachable (ConnectionRefusedError)", stop_run=True
+        )
+
+    report = box.deliver(down)
+    assert (True, ["p:m0:x"]) == (report.stopped, calls)
+    assert 3 == len(box.pending())
+
+
+def test_rate_spaces_the_notices(svc: ResetService) -> None:
+    """rate=N: at most N notices a second (the waits go through the injected sleep)."""
+    box = outbox(svc)
+    box.send([notice(f"p:m{i}:x") for i in range(4)])
+    waits: list[float] = []
+    assert 4 == box.deliver(lambda n: None, rate=2, sleep=waits.append).delivered
+    assert 3 == len(waits)
+    assert all(0.4 < w <= 0.5 for w in waits)
+    for bad in (0, -1.0):
+        with pytest.raises(InvalidInputError):
+            box.deliver(lambda n: None, rate=bad)
+    with pytest.raises(InvalidInputError):
+        box.deliver(lambda n: None, backoff=timedelta(0))
 
 
 def test_deliver_limit(svc: ResetService) -> None:
@@ -689,8 +756,8 @@ def test_concurrent_deliverers_do_not_double_send(
                 inner.append(other.deliver(lambda n: None))
 
         report = box.deliver(transport)
-    assert [DeliveryReport(1, ())] == inner  # it took m2 only
-    assert DeliveryReport(1, ()) == report  # m1 here; m2 was claimed by the other
+    assert [DeliveryReport(1)] == inner  # it took m2 only
+    assert DeliveryReport(1) == report  # m1 here; m2 was claimed by the other
     assert [] == box.pending()
 
 

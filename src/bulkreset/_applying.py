@@ -131,10 +131,7 @@ class ApplyRun:
         self.all_notified = False
         self.deferred = False  # the notifier asked to retry later: send no more now
         store = service.store
-        self.actor = store.get_members([record.plan.actor]).get(record.plan.actor)
-        self.set_based = (
-            store if isinstance(store, SetBasedStorage) and self.actor is not None else None
-        )
+        self.set_based = store if isinstance(store, SetBasedStorage) else None
 
     @property
     def force(self) -> bool:
@@ -197,10 +194,13 @@ class ApplyRun:
         failed for a reason other than a lost lease: the port-by-port path
         then does the chunk and isolates any failing member.
         """
-        if self.set_based is None or self.actor is None or self.settings.generate_passwords:
+        if self.set_based is None or self.settings.generate_passwords or self.deferred:
             return False
         if self.sends_request and self.record.token_key is None:
             return False  # the key is erased: the port-by-port path says why
+        actor = self.store.get_members([self.plan.actor]).get(self.plan.actor)
+        if actor is None:
+            return False  # the port-by-port path re-checks every member without an actor
         now = self.service._now()
         request = ChunkRequest(
             plan_id=self.plan.plan_id,
@@ -210,7 +210,7 @@ class ApplyRun:
             at=now,
             lease_until=now + LEASE,
             settings=self.settings,
-            actor=self.actor,
+            actor=actor,
             password=self.record.password if self.settings.deliver_password else None,
             token=self._deriver(),
             notifier=self.service.notifier,
@@ -221,6 +221,9 @@ class ApplyRun:
             tally = self.set_based.apply_chunk(request)
         except PlanInProgressError:
             raise
+        except RetryLaterError:
+            self.deferred = True  # send no more now: the port-by-port path defers the notices
+            return False
         except Exception as exc:
             log.warning("set-based chunk failed (%s); member by member", type(exc).__name__)
             return False
@@ -581,7 +584,11 @@ class ApplyRun:
         ]
         if not due:
             return
-        groups = [(member, row, self._notices(member, row)) for member, row in due]
+        current = self.store.get_members([member.member_id for member, _ in due])
+        groups = [
+            (member, row, self._notices(current.get(member.member_id, member), row))
+            for member, row in due
+        ]
         delivered: list[tuple[Member, MemberOutcome, list[Notice]]] = []
         failed: list[tuple[MemberOutcome, str]] = []
         if self.deferred:

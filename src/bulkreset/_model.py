@@ -836,6 +836,8 @@ class Notice:
         issued_at: When the effect was stored.
         plan_id: The plan.
         name: The member's display name.
+        locale: The member's language, a BCP 47 tag (``"en"``, ``"ko"``,
+            ``"ja"``): the language of the message.
     """
 
     member_id: str
@@ -849,6 +851,7 @@ class Notice:
     issued_at: datetime | None = None
     plan_id: str | None = None
     name: str = ""
+    locale: str = "en"
 
     def without_secrets(self) -> Notice:
         """A copy with the token and password erased."""

@@ -9,8 +9,9 @@ Subcommands (SPEC §8)::
                              [--json]
     bulkreset --db PATH apply PLAN_ID [--confirm CODE] [--report FILE.csv|FILE.json]
                                       [--handoff FILE] [--json]
-    bulkreset --db PATH outbox [--json] [--send --smtp HOST:PORT [--sender ADDRESS]
-                               [--starttls] [--reset-url URL]]
+    bulkreset --db PATH outbox [--json] [--send --smtp HOST:PORT [--starttls | --tls]
+                               [--user NAME --password-file FILE] [--rate N/s]
+                               [--from ADDRESS] [--link URL] [--timezone ZONE]]
     bulkreset demo
 
 A password is never taken as an argument (process lists, shell history): it
@@ -27,28 +28,22 @@ A rejected command writes nothing.
 from __future__ import annotations
 
 import argparse
-import email.utils
 import getpass
-import hashlib
 import json
 import os
 import shlex
-import smtplib
 import sqlite3
 import sys
 from collections.abc import Sequence
-from email.message import EmailMessage
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from ._clock import system_clock
 from ._importing import FORMATS, load_members
 from ._model import (
     ALL,
     ExclusionReason,
     Notice,
-    NoticeKind,
     Outcome,
     ResetMode,
     ResetPlan,
@@ -59,6 +54,7 @@ from ._model import (
 )
 from ._report import check_report_path, write_report
 from ._service import ResetService
+from .adapters.smtp import SmtpTransport
 from .errors import BulkResetError, InvalidInputError, PasswordPolicyError
 
 __all__ = ["main"]
@@ -225,19 +221,37 @@ def build_parser() -> argparse.ArgumentParser:
     _db_option(outbox, default=argparse.SUPPRESS)
     outbox.add_argument("--json", action="store_true", help="print one JSON object")
     outbox.add_argument("--send", action="store_true", help="deliver them through --smtp")
-    outbox.add_argument("--smtp", metavar="HOST:PORT", help="the SMTP relay for --send")
+    outbox.add_argument("--smtp", metavar="HOST:PORT", help="the SMTP server for --send")
+    security = outbox.add_mutually_exclusive_group()
+    security.add_argument("--starttls", action="store_true", help="upgrade with STARTTLS")
+    security.add_argument("--tls", action="store_true", help="implicit TLS (port 465)")
+    outbox.add_argument("--user", metavar="NAME", help="log in to the SMTP server as NAME")
     outbox.add_argument(
-        "--sender",
+        "--password-file",
+        metavar="FILE",
+        help="the SMTP login password, the first line of FILE (never an argument)",
+    )
+    outbox.add_argument(
+        "--rate", metavar="N/s", help="send at most N messages a second (for example 10/s)"
+    )
+    outbox.add_argument(
+        "--from",
+        dest="sender",
         metavar="ADDRESS",
         default="bulkreset@localhost",
-        help="the From address for --send (default: %(default)s)",
+        help="the From address (default: %(default)s)",
     )
-    outbox.add_argument("--starttls", action="store_true", help="use STARTTLS with --smtp")
     outbox.add_argument(
-        "--reset-url",
+        "--link",
         metavar="URL",
-        help="with --send: put this URL with the token appended in change requests "
-        "(for example https://example.com/reset?token=)",
+        help="the change-request link, {token} where the token goes "
+        "(for example https://accounts.example.com/reset?token={token})",
+    )
+    outbox.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        default="UTC",
+        help="show times in this IANA time zone, for example Asia/Seoul (default: UTC)",
     )
 
     commands.add_parser(
@@ -598,56 +612,6 @@ def notice_document(notice: Notice) -> dict[str, Any]:
     }
 
 
-def message_id(notice: Notice, sender: str) -> str:
-    """The ``Message-ID`` of a notice's mail: derived from its idempotency key.
-
-    A resent notice gets the same ``Message-ID``, so a mail system that drops
-    duplicates by ``Message-ID`` drops it (RFC 5322 §3.6.4).
-    """
-    digest = hashlib.sha256(notice.idempotency_key.encode("utf-8")).hexdigest()[:40]
-    domain = sender.rpartition("@")[2] if "@" in sender else "bulkreset.invalid"
-    return f"<{digest}@{domain}>"
-
-
-def notice_email(notice: Notice, *, sender: str, reset_url: str | None = None) -> EmailMessage:
-    """The mail for one notice (plain text). It carries the notice's token or password.
-
-    Raises:
-        InvalidInputError: the notice has no recipient.
-    """
-    if not notice.recipient:
-        raise InvalidInputError("the notice has no recipient")
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = notice.recipient
-    message["Message-ID"] = message_id(notice, sender)
-    message["Date"] = email.utils.format_datetime(notice.issued_at or system_clock())
-    hello = f"Hello {notice.name}," if notice.name else "Hello,"
-    when = f"{notice.issued_at:%Y-%m-%d %H:%M} UTC" if notice.issued_at else "just now"
-    if notice.kind is NoticeKind.PASSWORD_RESET:
-        message["Subject"] = "Your password was reset"
-        how = (
-            f"Your new password is: {notice.password}"
-            if notice.password
-            else "Your administrator will give you the new password, or tell you how to get it."
-        )
-        body = (
-            f"{hello}\n\nAn administrator ({notice.actor}) reset your password at {when}, "
-            f"and signed you out.\n{how}\nYou may have to choose a new password when you "
-            "next sign in.\n\nIf you did not expect this, contact your administrator.\n"
-        )
-    else:
-        message["Subject"] = "Please set a new password"
-        until = f"{notice.expires_at:%Y-%m-%d %H:%M} UTC" if notice.expires_at else "soon"
-        link = f"{reset_url}{notice.token}" if reset_url else f"Your reset code: {notice.token}"
-        body = (
-            f"{hello}\n\nYou are asked to set a new password. Use this once, before "
-            f"{until}:\n\n    {link}\n\nYour current password keeps working until you do.\n"
-        )
-    message.set_content(body)
-    return message
-
-
 def _smtp_address(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
@@ -665,35 +629,90 @@ def _is_host_name(host: str) -> bool:
     return True
 
 
-def _send_outbox(args: argparse.Namespace, service: ResetService) -> int:
+def _rate(value: str | None) -> float | None:
+    if value is None:
+        return None
+    number = value[:-2] if value.endswith("/s") else value
+    try:
+        rate = float(number)
+    except ValueError:
+        rate = 0.0
+    if not 0 < rate < float("inf"):
+        raise UsageError(f"--rate takes N/s with N above zero, not {value!r:.40}")
+    return rate
+
+
+def _transport(args: argparse.Namespace) -> SmtpTransport:
+    """The SMTP transport --send asks for; checked before anything is sent."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     host, port = _smtp_address(args.smtp)
+    if (args.user is None) != (args.password_file is None):
+        raise UsageError("--user and --password-file go together")
+    password = None
+    if args.password_file is not None:
+        path = _file_name(args.password_file, "--password-file")
+        try:
+            with open(path, encoding="utf-8") as stream:
+                password = _read_limited(stream).split("\n", 1)[0]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"cannot read --password-file: {type(exc).__name__}") from None
+    try:
+        zone = ZoneInfo(args.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"--timezone: unknown time zone {args.timezone!r:.60}") from None
+    return SmtpTransport(
+        host,
+        port,
+        sender=args.sender,
+        security="tls" if args.tls else "starttls" if args.starttls else "none",
+        username=args.user,
+        password=password,
+        link_template=args.link,
+        zone=zone,
+    )
+
+
+def _send_outbox(args: argparse.Namespace, service: ResetService) -> int:
+    rate = _rate(args.rate)
     deliver = getattr(service.notifier, "deliver", None)
     if not callable(deliver):  # pragma: no cover - the SQLite outbox has it
         raise InvalidInputError("this database's notifier cannot deliver")
-    with smtplib.SMTP(host, port, timeout=30) as smtp:
-        if args.starttls:
-            smtp.starttls()
-
-        def transport(notice: Notice) -> None:
-            smtp.send_message(notice_email(notice, sender=args.sender, reset_url=args.reset_url))
-
-        report = deliver(transport)
-    failed = list(report.failed)
+    with _transport(args) as transport:
+        report = deliver(transport, rate=rate)
+    problems = [*report.failed, *report.deferred]
     if args.json:
-        _json({"delivered": report.delivered, "failed": [list(f) for f in failed]})
+        _json(
+            {
+                "delivered": report.delivered,
+                "failed": [list(f) for f in report.failed],
+                "deferred": [list(d) for d in report.deferred],
+                "withdrawn": report.withdrawn,
+                "stopped": report.stopped,
+            }
+        )
     else:
-        _out(f"Delivered {report.delivered:,} notice(s) through {host}:{port}.")
-        for key, error in failed:
-            _out(f"  not delivered (kept pending): {key} ({error})")
-    return 1 if failed else 0
+        _out(f"Delivered {report.delivered:,} notice(s) through {transport.host}:{transport.port}.")
+        for key, reason in report.failed:
+            _out(f"  failed for good: {key} ({reason})")
+        for key, reason in report.deferred:
+            _out(f"  not delivered yet, kept pending and retried later: {key} ({reason})")
+        if report.withdrawn:
+            _out(f"  {report.withdrawn:,} change request(s) withdrawn: their links had died.")
+        if report.stopped:
+            _out("  Stopped: the SMTP server cannot be used now; run --send again later.")
+    return 1 if problems or report.stopped else 0
 
 
 def _cmd_outbox(args: argparse.Namespace) -> int:
     path = _database(args)
     if args.send and args.smtp is None:
         raise UsageError("--send needs --smtp HOST:PORT")
-    if not args.send and args.smtp is not None:
-        raise UsageError("--smtp goes with --send")
+    if not args.send and any(
+        value not in (None, False)
+        for value in (args.smtp, args.starttls, args.tls, args.user, args.password_file, args.rate)
+    ):
+        raise UsageError("--smtp and its options go with --send")
     service = _connect(path)
     try:
         if args.send:

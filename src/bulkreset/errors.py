@@ -32,17 +32,20 @@ __all__ = [
     "AuthorizationError",
     "BulkResetError",
     "ConfirmationError",
+    "DeliveryError",
     "ImportFormatError",
     "InvalidCredentialsError",
     "InvalidInputError",
     "InvalidTokenError",
     "PartialResetError",
     "PasswordPolicyError",
+    "PermanentDeliveryError",
     "PlanInProgressError",
     "PlanNotFoundError",
     "RetryLaterError",
     "StalePlanError",
     "StorageError",
+    "TemporaryDeliveryError",
 ]
 
 
@@ -159,3 +162,34 @@ class RetryLaterError(BulkResetError):
 
 class StorageError(BulkResetError):
     """A storage, notification or session backend failed; see ``__cause__``."""
+
+
+class DeliveryError(BulkResetError):
+    """A transport could not deliver one notice (raised by ``bulkreset.adapters.smtp``).
+
+    The outbox treats the two kinds differently: a
+    :class:`TemporaryDeliveryError` leaves the notice pending and retries it
+    later (exponential backoff); a :class:`PermanentDeliveryError` marks it
+    failed for good. The message names the failure (``"SMTP 550"``), never
+    the notice's content.
+
+    Attributes:
+        code: The server's reply code (for example ``421`` or ``550``), or
+            ``None`` when there was none (a dropped connection, a timeout).
+        stop_run: The server itself is unusable (unreachable, refused the
+            login or TLS): the outbox stops this delivery run instead of
+            trying every other notice against it.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, stop_run: bool = False) -> None:
+        self.code = code
+        self.stop_run = stop_run
+        super().__init__(message)
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """Try again later: a 4xx reply (RFC 5321 §4.2.1), a dropped connection, a timeout."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Do not try again: a 5xx reply, a refused recipient, or no address to send to."""

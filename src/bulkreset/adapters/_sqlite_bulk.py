@@ -36,6 +36,7 @@ from .._model import (
     WarningKind,
 )
 from .._tokens import token_digest
+from ..errors import StorageError
 from ..ports import ChunkRequest
 
 __all__ = [
@@ -399,19 +400,21 @@ class ChunkNotices(Sequence[Notice]):
 
     What :meth:`SqliteOutbox.send` receives from a set-based apply: the
     outbox of the same database copies them with one ``INSERT … SELECT``;
-    any other caller (a wrapper, a host's own notifier) sees ordinary
-    :class:`~bulkreset.Notice` objects. Valid during the ``send`` call only
-    (the chunk's table and token function go with its transaction).
+    any other reader sees ordinary :class:`~bulkreset.Notice` objects. They
+    can be read only while the chunk's transaction is open (during ``send``):
+    copy them (``list(notices)``) to keep them; reading them later raises
+    :class:`~bulkreset.errors.StorageError` rather than give another chunk's.
     """
 
     def __init__(
         self, conn: sqlite3.Connection, sql: str, params: dict[str, Any], count: int
     ) -> None:
         self.conn = conn
-        self.sql = sql
-        self.params = params
+        self._sql = sql
+        self._params = params  # holds a delivered password: private, never shown
         self._count = count
         self._notices: list[Notice] | None = None
+        self._open = True
 
     def __len__(self) -> int:
         return self._count
@@ -428,24 +431,42 @@ class ChunkNotices(Sequence[Notice]):
     def __iter__(self) -> Iterator[Notice]:
         return iter(self._read())
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self._read() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # a sequence: compared by content
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (self._read(),))  # pickled or copied, it is a plain list
+
     def __repr__(self) -> str:
-        return f"<{self._count} notice(s) of plan {self.params['plan_id']}>"
+        return f"<{self._count} notice(s) of plan {self._params['plan_id']}>"
 
     def _read(self) -> list[Notice]:
         if self._notices is None:
+            if not self._open:
+                raise StorageError(
+                    "these notices could be read only during send(); copy them to keep them"
+                )
             from .sqlite import notice_from_row  # the outbox's own row codec
 
-            rows = self.conn.execute(self.sql, self.params).fetchall()
+            rows = self.conn.execute(self._sql, self._params).fetchall()
             self._notices = [notice_from_row(row) for row in rows]
         return self._notices
+
+    def close(self) -> None:
+        """The chunk's transaction ends: unread notices can no longer be read."""
+        self._open = False
 
     def copy_into_outbox(self, conn: sqlite3.Connection, created_at: str) -> None:
         """Queue these notices in the outbox of *conn* (the chunk's own database)."""
         conn.execute(
             "INSERT OR IGNORE INTO outbox "
             f"({_NOTICE_COLUMNS}, created_at) "
-            f"SELECT n.*, :created FROM ({self.sql}) AS n",
-            {**self.params, "created": created_at},
+            f"SELECT n.*, :created FROM ({self._sql}) AS n",
+            {**self._params, "created": created_at},
         )
 
 
@@ -525,7 +546,10 @@ def apply_chunk(
                 },
                 len(due) * len(kinds),
             )
-            request.notifier.send(notices)
+            try:
+                request.notifier.send(notices)
+            finally:
+                notices.close()
         conn.execute(
             _EFFECT_EVENTS,
             {

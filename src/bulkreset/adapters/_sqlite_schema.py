@@ -194,7 +194,18 @@ _V4 = (
     " WHERE warning_index IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+_V5 = (
+    # Notices in the member's language; a notice that failed for good (a 5xx
+    # reply) is kept, marked, and no longer pending.
+    "ALTER TABLE members ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'",
+    "ALTER TABLE outbox ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'",
+    "ALTER TABLE outbox ADD COLUMN failed_at TEXT",
+    "DROP INDEX outbox_undelivered",
+    "CREATE INDEX outbox_pending ON outbox (seq)"
+    " WHERE delivered_at IS NULL AND withdrawn_at IS NULL AND failed_at IS NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
 """``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

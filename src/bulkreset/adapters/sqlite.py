@@ -28,6 +28,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -60,8 +61,10 @@ from .._model import (
 from .._service import ResetService
 from .._tokens import token_digest, token_is_live
 from ..errors import (
+    DeliveryError,
     InvalidInputError,
     PasswordPolicyError,
+    PermanentDeliveryError,
     PlanInProgressError,
     PlanNotFoundError,
     StorageError,
@@ -942,12 +945,12 @@ class SqliteStorage:
 
         See :meth:`bulkreset.ports.SetBasedStorage.apply_chunk`.
 
-        Handles the chunk when the notices go to this store's
-        :class:`SqliteOutbox` and (for a force change) sessions are this
-        store's :class:`SqliteSessions`, and the plan does not generate
-        passwords; returns ``None`` otherwise. ``request.notifier.send``
-        and ``request.sessions.revoke`` are still called (wrappers see every
-        notice), inside the chunk's transaction: effects, progress, audit
+        Handles the chunk when the notices go to this store's own
+        :class:`SqliteOutbox` and (for a force change) the sessions are this
+        store's own :class:`SqliteSessions`, neither wrapped, and the plan
+        does not generate passwords; returns ``None`` otherwise.
+        ``request.notifier.send`` and ``request.sessions.revoke`` are still
+        called, inside the chunk's transaction: effects, progress, audit
         events, revocations and outbox rows commit together or not at all.
 
         Raises:
@@ -959,14 +962,8 @@ class SqliteStorage:
         if (
             not self.set_based
             or request.settings.generate_passwords
-            or not (isinstance(request.notifier, SqliteOutbox) and request.notifier._db is self._db)
-            or (
-                force
-                and not (
-                    isinstance(request.sessions, SqliteSessions)
-                    and request.sessions._db is self._db
-                )
-            )
+            or not self._owns(request.notifier, SqliteOutbox, "send")
+            or (force and not self._owns(request.sessions, SqliteSessions, "revoke"))
         ):
             return None
         with self._db.write() as conn:
@@ -992,6 +989,19 @@ class SqliteStorage:
                     )
                 )
         return ChunkTally(counts=counts, events=events)
+
+    def _owns(self, port: object, kind: type, method: str) -> bool:
+        """Whether *port* is exactly this store's own outbox or sessions, unwrapped.
+
+        A subclass, or a wrapper set on the instance (``notifier.send = ...``),
+        may do anything, so its chunk goes port by port: the wrapper then sees
+        plain lists of notices, outside any transaction.
+        """
+        return (
+            type(port) is kind
+            and getattr(port, "_db", None) is self._db
+            and method not in vars(port)
+        )
 
     @staticmethod
     def _token_params(token: TokenRecord) -> tuple[object, ...]:
@@ -1083,31 +1093,39 @@ class DeliveryReport:
 
     Attributes:
         delivered: How many notices the transport took.
-        failed: ``(idempotency_key, exception type name)`` per notice whose
-            transport call raised; they stay pending. Never a message (it
-            could quote a secret).
+        failed: ``(idempotency_key, reason)`` per notice that failed for good
+            (the transport raised :class:`~bulkreset.errors.PermanentDeliveryError`,
+            for example ``"SMTP 550"``); it is never tried again.
+        deferred: ``(idempotency_key, reason)`` per notice whose delivery
+            failed for now (any other exception; the reason is a reply code
+            or the exception's type, never its message, which could quote a
+            secret); it stays pending and is retried after a backoff.
         withdrawn: How many change requests were withdrawn instead of sent,
             because their token died (superseded, used, expired, or the
             password changed): a dead link is never delivered.
+        stopped: The transport said its server is unusable
+            (``DeliveryError.stop_run``): the run stopped early.
     """
 
     delivered: int = 0
     failed: tuple[tuple[str, str], ...] = ()
+    deferred: tuple[tuple[str, str], ...] = ()
     withdrawn: int = 0
+    stopped: bool = False
 
 
 _NOTICE_SELECT = (
     "SELECT member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,"
-    " issued_at, plan_id, name FROM outbox "
+    " issued_at, plan_id, name, locale FROM outbox "
 )
 
-_PENDING = "delivered_at IS NULL AND withdrawn_at IS NULL"
+_PENDING = "delivered_at IS NULL AND withdrawn_at IS NULL AND failed_at IS NULL"
 
 _OUTBOX_INSERT = """
 INSERT OR IGNORE INTO outbox
     (member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,
-     issued_at, plan_id, name, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     issued_at, plan_id, name, locale, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -1124,7 +1142,20 @@ def notice_from_row(row: Sequence[Any]) -> Notice:
         issued_at=_parse(row[8]),
         plan_id=row[9],
         name=row[10],
+        locale=row[11] if len(row) > 11 else "en",
     )
+
+
+def _status(
+    delivered_at: str | None, withdrawn_at: str | None, failed_at: str | None, attempts: int
+) -> str:
+    if delivered_at is not None:
+        return "delivered"
+    if withdrawn_at is not None:
+        return "withdrawn"
+    if failed_at is not None:
+        return "failed"
+    return "deferred" if attempts else "pending"
 
 
 class SqliteOutbox:
@@ -1179,6 +1210,7 @@ class SqliteOutbox:
                 _time(n.issued_at),
                 n.plan_id,
                 n.name,
+                n.locale,
                 now,
             )
             for n in notices
@@ -1231,17 +1263,20 @@ class SqliteOutbox:
         Returns:
             One dict per notice: ``key``, ``member_id``, ``kind``,
             ``recipient``, ``created_at`` and ``delivered_at`` (aware
-            datetimes, or ``None``), ``attempts``, ``last_error`` (an
-            exception type name, or ``None``) and ``status`` (``"pending"``,
-            ``"failed"`` — pending after a failed attempt — ``"delivered"``,
-            or ``"withdrawn"`` — a change request whose token died first).
+            datetimes, or ``None``), ``attempts``, ``last_error`` (a reply
+            code such as ``"SMTP 421"`` or an exception type name, or
+            ``None``), ``retry_at`` (when a deferred notice is due again) and
+            ``status``: ``"pending"``, ``"deferred"`` (pending, after a failed
+            attempt), ``"failed"`` (for good: a 5xx reply), ``"delivered"``,
+            or ``"withdrawn"`` (a change request whose token died first).
 
         Raises:
             StorageError: SQLite failed.
         """
         rows = self._db.select(
             "SELECT idempotency_key, member_id, kind, recipient, created_at, delivered_at, "
-            "attempts, last_error, withdrawn_at FROM outbox ORDER BY seq"
+            "attempts, last_error, withdrawn_at, failed_at, next_attempt_at "
+            "FROM outbox ORDER BY seq"
         )
         return [
             {
@@ -1253,65 +1288,105 @@ class SqliteOutbox:
                 "delivered_at": _parse(r[5]),
                 "attempts": r[6],
                 "last_error": r[7],
-                "status": "delivered"
-                if r[5] is not None
-                else "withdrawn"
-                if r[8] is not None
-                else "failed"
-                if r[6]
-                else "pending",
+                "retry_at": _parse(r[10]) if r[6] and r[5] is None else None,
+                "status": _status(r[5], r[8], r[9], r[6]),
             }
             for r in rows
         ]
 
-    def deliver(self, transport: Transport, *, limit: int | None = None) -> DeliveryReport:
+    def deliver(
+        self,
+        transport: Transport,
+        *,
+        limit: int | None = None,
+        rate: float | None = None,
+        backoff: timedelta = timedelta(minutes=1),
+        max_backoff: timedelta = timedelta(hours=6),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> DeliveryReport:
         """Hand pending notices to *transport*, oldest first, one at a time.
 
         Before each call the row is claimed for a few minutes, so another
-        process delivering the same outbox skips it. After the transport
-        returns, one transaction marks the notice delivered and erases its
-        token and password; it is never delivered again. When the transport
-        raises (any :class:`Exception`), the notice stays pending with
-        ``attempts`` raised by one and the exception's type recorded.
+        process delivering the same outbox at once skips it: no notice is
+        handed over twice. After the transport returns, one transaction marks
+        the notice delivered and erases its token and password; it is never
+        delivered again. (A crash between the two hands it over once more
+        later, with the same idempotency key and ``Message-ID``.)
+
+        When the transport raises
+        :class:`~bulkreset.errors.PermanentDeliveryError` (a 5xx reply, a
+        refused recipient), the notice is marked failed, its secrets erased,
+        and the others still go. Any other exception (a 4xx reply, a dropped
+        connection) leaves it pending, retried no sooner than ``backoff ×
+        2^(attempts - 1)`` later (at most *max_backoff*): exponential backoff.
+        An error with ``stop_run`` set (the server is unusable) ends the run.
 
         Args:
-            transport: Called with each :class:`~bulkreset.Notice`.
-            limit: Deliver at most this many notices (default: all pending).
+            transport: Called with each :class:`~bulkreset.Notice`
+                (an :class:`~bulkreset.adapters.smtp.SmtpTransport`, say).
+            limit: Deliver at most this many notices (default: all due).
+            rate: At most this many notices a second (default: no limit).
+            backoff: The first retry delay.
+            max_backoff: The longest retry delay.
+            sleep: Waits between notices to keep to *rate* (tests pass a fake).
 
         Returns:
             A :class:`DeliveryReport`.
 
         Raises:
-            InvalidInputError: *limit* is negative.
+            InvalidInputError: *limit* is negative, *rate* not positive, or a
+                backoff not positive.
             StorageError: SQLite failed.
         """
         if limit is not None and limit < 0:
             raise InvalidInputError("limit must not be negative")
+        if rate is not None and not rate > 0:
+            raise InvalidInputError("rate must be a positive number of notices a second")
+        if backoff <= timedelta(0) or max_backoff < backoff:
+            raise InvalidInputError("backoff must be positive and at most max_backoff")
         now = read_clock(self._clock)
         rows = self._db.select(
-            _NOTICE_SELECT.replace("SELECT ", "SELECT seq, ", 1)
+            _NOTICE_SELECT.replace("SELECT ", "SELECT seq, attempts, ", 1)
             + f"WHERE {_PENDING} AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
             "ORDER BY seq LIMIT ?",
             (to_iso(now), -1 if limit is None else limit),
         )
+        interval = 1.0 / rate if rate is not None else 0.0
+        last_sent: float | None = None
         delivered = withdrawn = 0
         failed: list[tuple[str, str]] = []
+        deferred: list[tuple[str, str]] = []
+        stopped = False
         for row in rows:
-            seq, notice = row[0], notice_from_row(row[1:])
+            seq, attempts, notice = row[0], row[1], notice_from_row(row[2:])
             if not self._claim(seq):
                 continue
             if not self._link_is_live(notice, now):
                 self._withdraw(seq)
                 withdrawn += 1
                 continue
+            if last_sent is not None and interval:
+                wait = last_sent + interval - time.monotonic()
+                if wait > 0:
+                    sleep(wait)
+            last_sent = time.monotonic()
             try:
                 transport(notice)
+            except PermanentDeliveryError as exc:
+                self._fail(seq, str(exc))
+                failed.append((notice.idempotency_key, str(exc)))
+                continue
             except Exception as exc:
-                self._record_failure(seq, type(exc).__name__)
-                failed.append((notice.idempotency_key, type(exc).__name__))
+                reason = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__
+                delay = min(backoff * (2**attempts), max_backoff)
+                self._defer(seq, reason, read_clock(self._clock) + delay)
+                deferred.append((notice.idempotency_key, reason))
+                if getattr(exc, "stop_run", False):
+                    stopped = True
+                    break
                 continue
             except BaseException:
-                self._record_failure(seq, None)
+                self._release(seq)
                 raise
             with self._db.write() as conn:
                 conn.execute(
@@ -1320,7 +1395,28 @@ class SqliteOutbox:
                     (to_iso(read_clock(self._clock)), seq),
                 )
             delivered += 1
-        return DeliveryReport(delivered, tuple(failed), withdrawn)
+        return DeliveryReport(delivered, tuple(failed), tuple(deferred), withdrawn, stopped)
+
+    def _fail(self, seq: int, reason: str) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET failed_at = ?, last_error = ?, attempts = attempts + 1, "
+                "token = NULL, password = NULL, next_attempt_at = NULL WHERE seq = ?",
+                (to_iso(read_clock(self._clock)), reason, seq),
+            )
+
+    def _defer(self, seq: int, reason: str, retry_at: datetime) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = ? WHERE seq = ?",
+                (reason, to_iso(retry_at), seq),
+            )
+
+    def _release(self, seq: int) -> None:
+        """Interrupted (Ctrl-C): give the claim back, count nothing."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE outbox SET next_attempt_at = NULL WHERE seq = ?", (seq,))
 
     def _withdraw(self, seq: int) -> None:
         with self._db.write() as conn:
@@ -1339,17 +1435,6 @@ class SqliteOutbox:
                 (to_iso(now + _DELIVERY_LEASE), seq, to_iso(now)),
             )
             return cursor.rowcount == 1
-
-    def _record_failure(self, seq: int, error: str | None) -> None:
-        with self._db.write() as conn:
-            if error is None:  # interrupted: release the claim, count nothing
-                conn.execute("UPDATE outbox SET next_attempt_at = NULL WHERE seq = ?", (seq,))
-            else:
-                conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
-                    "next_attempt_at = NULL WHERE seq = ?",
-                    (error, seq),
-                )
 
 
 # sessions ----------------------------------------------------------------------
