@@ -95,6 +95,10 @@ EXPECTED: dict[
 }
 for expected in EXPECTED.values():
     expected.update({"admin": ("excluded", "actor"), "s1": ("excluded", "suspended")})
+UNREACHABLE = {"m3"}
+"""No personal email and no phone: reset, but no password-reset notice (``no_channel``)."""
+for mode in ("force", "force-follow"):
+    EXPECTED[mode]["m3"] = ("reset", "no_channel")
 COMPARED = ("credentials", "effects", "outbox", "active_sessions", "tokens", "live_tokens")
 """Facts that must equal the uninterrupted run's (tokens are checked by redeeming them)."""
 EFFECT_ACTIONS = ("member.reset", "member.requested", "sessions.revoked", "notice.sent")
@@ -237,10 +241,14 @@ def invariant_problems(scenario: Scenario, found: dict[str, Any]) -> list[str]:
     problems = []
     # each effect exactly once per target, and no effect for anyone else
     effects = dict(found["effects"])
-    wanted = ["member.reset" if scenario.force else "member.requested", "notice.sent"]
-    if scenario.force:
-        wanted.append("sessions.revoked")
     for member in targets:
+        wanted = ["member.reset" if scenario.force else "member.requested"]
+        if scenario.force:
+            wanted.append("sessions.revoked")
+        if scenario.sends_request or member not in UNREACHABLE:
+            wanted.append("notice.sent")
+        elif effects.get(("notice.sent", member), 0):
+            problems.append(f"a notice.sent event for {member}, who has no channel")
         for action in wanted:
             if effects.get((action, member), 0) != 1:
                 problems.append(f"{effects.get((action, member), 0)} {action} events for {member}")
@@ -257,7 +265,7 @@ def invariant_problems(scenario: Scenario, found: dict[str, Any]) -> list[str]:
     # one outbox row per idempotency key, no others
     keys = []
     for member in targets:
-        if scenario.force:
+        if scenario.force and member not in UNREACHABLE:
             keys.append((f"{plan}:{member}:password_reset", member, "password_reset"))
         if scenario.sends_request:
             keys.append((f"{plan}:{member}:change_request", member, "change_request"))
@@ -371,7 +379,8 @@ def test_an_uninterrupted_apply_meets_the_invariants(
         got = outcomes[member]
         assert [outcome, reason] == got[:2], member
         if outcome != "excluded":
-            assert [scenario.force, True] == got[2:], member
+            notified = not (scenario.force and member in UNREACHABLE)
+            assert [scenario.force, notified] == got[2:], member
     assert sorted(m.member_id for m in MEMBERS) == sorted(outcomes)
     assert 0 == scenario.reference["calls"].get("chunk_error", 0)
     assert [] == invariant_problems(scenario, scenario.facts)

@@ -324,3 +324,17 @@ def test_a_google_export_read_as_native_suggests_the_format() -> None:
     header = ",".join(GOOGLE_COLUMNS)
     with pytest.raises(ImportFormatError, match="--format google-workspace"):
         parse_members(header + "\n", format="native")
+
+
+def test_an_optional_locale_column_sets_each_member_language() -> None:
+    """The native header may end with locale; blank is English, ko_KR reads as ko-KR."""
+    text = (
+        "member_id,login_id,name,sign_in,mobile_phone,personal_email,status,role,locale\n"
+        "k1,k1@x,김민아,,,,,,ko\n"
+        "j1,j1@x,山田,,,,,,ja\n"
+        "e1,e1@x,Eve,,,,,,\n"
+        "b1,b1@x,Bia,,,,,,pt_BR\n"
+    )
+    assert ["ko", "ja", "en", "pt-BR"] == [m.locale for m in parse_members(text)]
+    found = import_error(text.replace("pt_BR", "Portuguese (Brazil)"))
+    assert ("locale" in str(found), 5) == (True, found.row)

@@ -213,3 +213,14 @@ def test_members_read_back_from_a_store_equal_validated_ones() -> None:
         member_from_store("m1", "a@x", "A", "password", None, None, "deleted", "member")
     with pytest.raises(InvalidInputError):
         member_from_store(7, "a@x", "A", "password", None, None, "active", "member")  # type: ignore[arg-type]
+
+
+def test_a_member_locale_is_a_language_tag() -> None:
+    """locale defaults to English, takes BCP 47 tags (_ read as -), refuses anything else."""
+    assert "en" == Member("m", "m@x").locale
+    assert "ko" == Member("m", "m@x", locale="ko").locale
+    assert "zh-Hant-TW" == Member("m", "m@x", locale=" zh_Hant_TW ").locale
+    assert "en" == Member("m", "m@x", locale="").locale
+    for bad in ("k", "korean!", "x" * 40, "ko--KR", 7):
+        with pytest.raises(InvalidInputError):
+            Member("m", "m@x", locale=bad)  # type: ignore[arg-type]

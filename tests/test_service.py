@@ -305,16 +305,26 @@ def test_r3_unconfirmed_revocation_is_reported_then_resumed(service: ResetServic
 
 
 def test_r4_each_target_gets_a_password_reset_notice(service: ResetService) -> None:
-    """R4: a PASSWORD_RESET notice per target, to the personal email if any, no password."""
-    plan, _ = run(service, ["m1", "m2"], force())
+    """R4: a PASSWORD_RESET notice per target, to the personal email (or the phone: the
+    member is signed out of the work account), no password; a target with neither gets
+    none and is reported (no_channel), and the plan's precautions counted them (R5)."""
+    plan, result = run(service, ["m1", "m2", "m3"], force())
     notices = {n.member_id: n for n in sent(service)}
     assert {"m1", "m2"} == set(notices)
     assert NoticeKind.PASSWORD_RESET == notices["m1"].kind
-    assert "mina@home.example" == notices["m1"].recipient
-    assert "jun@corp.example" == notices["m2"].recipient
+    assert ("mina@home.example", None) == (notices["m1"].recipient, notices["m1"].phone)
+    assert (None, "+821000000002") == (notices["m2"].recipient, notices["m2"].phone)
     assert notices["m1"].password is None
     assert "admin" == notices["m1"].actor
     assert f"{plan.plan_id}:m1:password_reset" == notices["m1"].idempotency_key
+    m3 = result.outcomes["m3"]
+    assert (Outcome.RESET, False, "no_channel") == (m3.outcome, m3.notified, m3.reason)
+    assert result.ok  # nothing left to retry: the administrator hands the news over
+    assert ["m3"] == [w.member_id for w in plan.warnings]
+    assert any("1 target has no mobile phone" in p for p in plan.precautions)
+    again = service.apply(plan, confirm=plan.confirmation)
+    assert "no_channel" == again.outcomes["m3"].reason
+    assert 2 == len(sent(service))
 
 
 def test_r4_password_is_delivered_only_when_asked(service: ResetService) -> None:
@@ -446,7 +456,7 @@ def test_a_store_failing_for_one_member_fails_only_that_member(service: ResetSer
     assert not result.ok
     again = service.apply(plan, confirm=plan.confirmation)
     assert 3 == again.count(Outcome.RESET)
-    assert 3 == len(sent(service))
+    assert ["m1", "m2"] == sorted(n.member_id for n in sent(service))  # m3: no channel
 
 
 def test_progress_is_reported_per_chunk(make_service: ServiceFactory) -> None:

@@ -56,6 +56,7 @@ def members(draw: st.DrawFn) -> Member:
         personal_email=draw(st.sampled_from([None, f"{member_id}@home.example"])),
         status=draw(st.sampled_from(["active", "active", "active", "suspended", "pending"])),
         role=draw(st.sampled_from(["member", "member", "admin", "super_admin"])),
+        locale=draw(st.sampled_from(["en", "ko", "ja-JP"])),
     )
 
 
@@ -129,6 +130,7 @@ def changed(member: Member, change: str) -> Member:
                 "name": "Moved Person",
                 "login_id": f"new-{member.login_id}",
                 "personal_email": f"new-{member.member_id}@home.example",
+                "locale": "ko",
             }
         )
     if change == "quick_login":
@@ -141,6 +143,7 @@ def _fields(member: Member) -> dict[str, Any]:
         "member_id": member.member_id,
         "login_id": member.login_id,
         "name": member.name,
+        "locale": member.locale,
         "sign_in": member.sign_in,
         "mobile_phone": member.mobile_phone,
         "personal_email": member.personal_email,
@@ -189,6 +192,8 @@ def store_view(service: ResetService, plan_id: str, ids: list[str]) -> dict[str,
                 n.password,
                 n.token is not None,
                 n.expires_at,
+                n.locale,
+                n.phone,
             )
             for n in service.notifier.pending()  # type: ignore[attr-defined]
         ],

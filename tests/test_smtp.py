@@ -121,6 +121,7 @@ def test_a_change_request_arrives_in_the_member_language(
     assert message_id(notice, "it@corp.example") == message["Message-ID"]
     assert message["Date"]
     assert "auto-generated" == message["Auto-Submitted"]
+    assert {"ko-KR": "ko", "pt-BR": "en"}.get(locale, locale) == message["Content-Language"]
     text, html = parts(message)
     assert text.startswith(greeting)
     link = LINK.format(token=TOKEN)
@@ -331,6 +332,7 @@ def outbox_service(path: Path, clock: FakeClock, members: int = 6) -> ResetServi
                 f"user{i}@corp.example",
                 f"User {i}",
                 personal_email=f"user{i}@home.example",
+                locale=("en", "ko", "ja")[i % 3],
             )
             for i in range(members)
         ]
@@ -373,6 +375,12 @@ def test_each_notice_is_sent_once_even_after_a_crash_and_a_retry(
     ids = sorted(m["Message-ID"] for m in box.messages)
     assert 6 == len(set(ids)) == len(ids)
     assert {f"user{i}@home.example" for i in range(6)} == {m["To"] for m in box.messages}
+    languages = {str(m["To"]): str(m["Content-Language"]) for m in box.messages}
+    assert "ko" == languages["user1@home.example"]  # each in the member's language
+    assert "비밀번호가 재설정되었습니다" == subject(
+        next(m for m in box.messages if m["To"] == "user1@home.example")
+    )
+    assert "ja" == languages["user2@home.example"]
     service.store.close()  # type: ignore[attr-defined]
 
 

@@ -18,6 +18,7 @@ from ._handoff import HandoffFile
 from ._hashing import effective_workers, hash_many
 from ._model import (
     IN_MEMORY_LIMIT,
+    NO_CHANNEL,
     AuditEvent,
     Member,
     MemberOutcome,
@@ -261,7 +262,9 @@ class ApplyRun:
             if is_unfinished(outcome):
                 self.unfinished.append(outcome.member_id)
             if outcome.outcome is Outcome.FAILED or (
-                outcome.outcome in (Outcome.RESET, Outcome.REQUESTED) and not outcome.notified
+                outcome.outcome in (Outcome.RESET, Outcome.REQUESTED)
+                and not outcome.notified
+                and NO_CHANNEL not in _parts(outcome.reason)
             ):
                 self.secrets_needed = True
 
@@ -542,14 +545,16 @@ class ApplyRun:
             "issued_at": row.at,
             "plan_id": self.plan.plan_id,
             "name": member.name,
+            "locale": member.locale,
+            "phone": member.mobile_phone,
         }
-        if row.outcome is Outcome.RESET:
+        if row.outcome is Outcome.RESET and has_channel(member):
             notices.append(
                 Notice(
                     kind=NoticeKind.PASSWORD_RESET,
                     password=self._delivered_password(member.member_id),
                     idempotency_key=f"{self.plan.plan_id}:{member.member_id}:password_reset",
-                    recipient=member.personal_email or member.login_id,
+                    recipient=member.personal_email,
                     **base,  # type: ignore[arg-type]
                 )
             )
@@ -581,17 +586,25 @@ class ApplyRun:
             if (row := self.rows.get(member.member_id)) is not None
             and row.outcome in (Outcome.RESET, Outcome.REQUESTED)
             and not row.notified
+            and NO_CHANNEL not in _parts(row.reason)  # final: nothing could reach them
         ]
         if not due:
             return
         current = self.store.get_members([member.member_id for member, _ in due])
-        groups = [
-            (member, row, self._notices(current.get(member.member_id, member), row))
-            for member, row in due
-        ]
+        groups = []
+        unreachable: list[MemberOutcome] = []  # a reset, and no channel for its notice
+        for planned, row in due:
+            member = current.get(planned.member_id, planned)
+            if row.outcome is Outcome.RESET and not has_channel(member):
+                unreachable.append(row)
+            groups.append((member, row, self._notices(member, row)))
         delivered: list[tuple[Member, MemberOutcome, list[Notice]]] = []
         failed: list[tuple[MemberOutcome, str]] = []
-        if self.deferred:
+        sent_nothing = [g for g in groups if not g[2]]
+        groups = [g for g in groups if g[2]]
+        if not groups:
+            pass
+        elif self.deferred:
             failed = [(row, _DEFERRED) for _, row, _ in groups]
         else:
             try:
@@ -612,9 +625,12 @@ class ApplyRun:
                     except Exception as exc:
                         failed.append((group[1], f"{_NOT_DELIVERED} ({describe(exc)})"))
         now = self.service._now()
+        unreached = {row.member_id for row in unreachable}
         rows = [
             _replace(row, notified=True, reason=_without(row.reason, _NOTICE))
-            for _, row, _ in delivered
+            if row.member_id not in unreached
+            else _replace(row, notified=False, reason=_with(row.reason, NO_CHANNEL))
+            for _, row, _ in delivered + sent_nothing
         ]
         events = [
             self._event("notice.sent", row.member_id, now, ", ".join(n.kind.value for n in notices))
@@ -640,6 +656,12 @@ class ApplyRun:
             finished_at=self.service._now(),
             summary=ResultSummary(dict(self.counts), tuple(self.unfinished)),
         )
+
+
+def has_channel(member: Member) -> bool:
+    """Whether a password-reset notice can reach *member*, signed out of the work account:
+    a personal email or a mobile phone (the set-based SQL says the same)."""
+    return bool(member.personal_email or member.mobile_phone)
 
 
 def _replace(row: MemberOutcome, **changes: Any) -> MemberOutcome:

@@ -4,7 +4,8 @@ Two formats:
 
 * ``native``: the header ``member_id,login_id,name,sign_in,mobile_phone,
   personal_email,status,role`` (every column present; blank optional cells
-  take the :class:`~bulkreset.Member` defaults).
+  take the :class:`~bulkreset.Member` defaults), and optionally ``locale``
+  (the member's language, ``ko`` or ``pt-BR``; blank is English).
 * ``google-workspace``: a Google Workspace admin-console user export, read
   as it comes (its own header names, ``[Required]`` suffixes and all).
 
@@ -89,6 +90,7 @@ def _native_member(row: Row) -> Member:
         name=row["name"],
         mobile_phone=row["mobile_phone"] or None,
         personal_email=row["personal_email"] or None,
+        locale=row.get("locale") or None,
         **options,
     )
 

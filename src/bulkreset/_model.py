@@ -209,6 +209,26 @@ def _optional_contact(value: object) -> str | None:
     raise InvalidInputError(f"a contact must be a string or None, not {type(value).__name__}")
 
 
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+DEFAULT_LOCALE = "en"
+
+
+def _to_locale(value: object) -> str:
+    """A BCP 47 language tag (``"ko"``, ``"pt-BR"``; ``_`` read as ``-``); blank is English."""
+    if value is None:
+        return DEFAULT_LOCALE
+    if not isinstance(value, str):
+        raise InvalidInputError(f"locale must be a string, not {type(value).__name__}")
+    tag = value.strip().replace("_", "-")
+    if not tag:
+        return DEFAULT_LOCALE
+    if len(tag) > 35 or not _LOCALE.fullmatch(tag):
+        raise InvalidInputError(
+            f"locale must be a language tag such as ko or pt-BR, not {value!r:.40}"
+        )
+    return tag
+
+
 def fold_login(login_id: str) -> str:
     """The key login IDs compare by: NFKC, then Unicode case folding.
 
@@ -231,6 +251,8 @@ class Member:
         personal_email: A personal (non-work) address, or ``None``.
         status: :class:`MemberStatus` (or its value).
         role: :class:`Role` (or its value).
+        locale: The member's language, a BCP 47 tag (``"en"``, ``"ko"``,
+            ``"ja"``, ``"pt-BR"``); notices are written in it. Blank means ``"en"``.
 
     Raises:
         InvalidInputError: an ID is empty, too long, or has control characters;
@@ -245,6 +267,7 @@ class Member:
     personal_email: str | None = attrs.field(default=None, converter=_optional_contact)
     status: MemberStatus = attrs.field(default=MemberStatus.ACTIVE, converter=_to_status)
     role: Role = attrs.field(default=Role.MEMBER, converter=_to_role)
+    locale: str = attrs.field(default=DEFAULT_LOCALE, converter=_to_locale)
 
     def __attrs_post_init__(self) -> None:
         check_text(self.member_id, what="member_id", limit=MAX_ID_LENGTH, required=True)
@@ -280,6 +303,7 @@ def member_from_store(
     personal_email: str | None,
     status: str,
     role: str,
+    locale: str = DEFAULT_LOCALE,
 ) -> Member:
     """A :class:`Member` read back from a store that only ever held valid members.
 
@@ -297,11 +321,16 @@ def member_from_store(
             personal_email or None,
             _STATUSES[status],
             _ROLES[role],
+            locale,
         )
     except (KeyError, TypeError):
         fields = None
     if fields is None or not (
-        isinstance(member_id, str) and isinstance(login_id, str) and isinstance(name, str)
+        isinstance(member_id, str)
+        and isinstance(login_id, str)
+        and isinstance(name, str)
+        and isinstance(locale, str)
+        and _LOCALE.fullmatch(locale)
     ):
         return Member(
             member_id,
@@ -312,6 +341,7 @@ def member_from_store(
             personal_email=personal_email,
             status=status,
             role=role,
+            locale=locale,
         )
     member = object.__new__(Member)
     for attribute, value in zip(_MEMBER_FIELDS, fields, strict=True):
@@ -681,14 +711,23 @@ def _read_only(outcomes: Mapping[str, MemberOutcome]) -> Mapping[str, MemberOutc
     return outcomes  # a read-only view over a store, read a page at a time
 
 
+NO_CHANNEL = "no_channel"
+"""The reason of a target who could get no notice: a password-reset notice goes to a
+personal email or a mobile phone (the member is signed out of the work account), and
+they have neither. The plan's precautions counted them (``CANNOT_SELF_RECOVER``)."""
+
+
 def is_unfinished(outcome: MemberOutcome) -> bool:
-    """True for a target whose reset failed, or whose sign-out or notice is unconfirmed."""
+    """True for a target whose reset failed, or whose sign-out or notice is unconfirmed.
+
+    A target with no channel for their notice (:data:`NO_CHANNEL`) is finished:
+    trying again cannot reach them; the administrator hands the news over.
+    """
+    unnotified = not outcome.notified and NO_CHANNEL not in (outcome.reason or "").split("; ")
     return (
         outcome.outcome is Outcome.FAILED
-        or (
-            outcome.outcome is Outcome.RESET and not (outcome.notified and outcome.sessions_revoked)
-        )
-        or (outcome.outcome is Outcome.REQUESTED and not outcome.notified)
+        or (outcome.outcome is Outcome.RESET and (not outcome.sessions_revoked or unnotified))
+        or (outcome.outcome is Outcome.REQUESTED and unnotified)
     )
 
 
@@ -830,14 +869,17 @@ class Notice:
         expires_at: When the token expires (aware UTC), for ``CHANGE_REQUEST``.
         idempotency_key: ``plan:member:kind``; a notifier drops a key it
             already delivered.
-        recipient: The address to use: the login address for a change
-            request, the personal email (else the login address) for a reset.
+        recipient: The mail address to use: the login address for a change
+            request (the member is still signed in), the personal email for a
+            password reset (they were signed out of the work account), or
+            ``None`` when they have none (then ``phone`` is set).
         actor: Member ID of the administrator who reset the password.
         issued_at: When the effect was stored.
         plan_id: The plan.
         name: The member's display name.
         locale: The member's language, a BCP 47 tag (``"en"``, ``"ko"``,
             ``"ja"``): the language of the message.
+        phone: The member's mobile phone number, for a host that sends by SMS.
     """
 
     member_id: str
@@ -852,6 +894,7 @@ class Notice:
     plan_id: str | None = None
     name: str = ""
     locale: str = "en"
+    phone: str | None = None
 
     def without_secrets(self) -> Notice:
         """A copy with the token and password erased."""

@@ -23,6 +23,7 @@ from typing import Any, overload
 
 from .._clock import to_iso
 from .._model import (
+    NO_CHANNEL,
     AuditEvent,
     ExclusionReason,
     MemberStatus,
@@ -117,7 +118,8 @@ _PLAN_TABLES = (
         mobile_phone   TEXT,
         personal_email TEXT,
         status         TEXT,
-        role           TEXT
+        role           TEXT,
+        locale         TEXT
     )
     """,
     # A section's members in order: ``n`` (from 1) is the rank within the section.
@@ -133,12 +135,13 @@ _PLAN_TABLES = (
 _SORT = """
 INSERT INTO temp.bulk_sorted
     (pos, member_id, reason, warning, login_id, name, sign_in, mobile_phone, personal_email,
-     status, role)
+     status, role, locale)
 SELECT {order}, {member_id}, {case},
        CASE WHEN ({case}) IS NULL AND :force
                  AND COALESCE(m.mobile_phone, '') = '' AND COALESCE(m.personal_email, '') = ''
             THEN '{warning}' END,
-       m.login_id, m.name, m.sign_in, m.mobile_phone, m.personal_email, m.status, m.role
+       m.login_id, m.name, m.sign_in, m.mobile_phone, m.personal_email, m.status, m.role,
+       m.locale
 FROM {source}
 ORDER BY {order}
 LIMIT :page
@@ -156,9 +159,10 @@ _RANK = (
 _ENTRIES = """
 INSERT INTO plan_entries
     (plan_id, target_index, excluded_index, warning_index, member_id, reason, warning,
-     login_id, name, sign_in, mobile_phone, personal_email, status, role)
+     login_id, name, sign_in, mobile_phone, personal_email, status, role, locale)
 SELECT :plan_id, {target}, {excluded}, w.n - 1 + :warned, s.member_id, s.reason, s.warning,
-       s.login_id, s.name, s.sign_in, s.mobile_phone, s.personal_email, s.status, s.role
+       s.login_id, s.name, s.sign_in, s.mobile_phone, s.personal_email, s.status, s.role,
+       s.locale
 FROM temp.{section} AS r
 JOIN temp.bulk_sorted AS s ON s.seq = r.seq
 LEFT JOIN temp.bulk_warned AS w ON w.seq = s.seq
@@ -252,6 +256,10 @@ def target_with_login_key(conn: sqlite3.Connection, plan_id: str, login_key: str
 
 # apply --------------------------------------------------------------------------
 
+_HAS_CHANNEL = "(COALESCE(personal_email, '') <> '' OR COALESCE(mobile_phone, '') <> '')"
+"""A reset notice can reach the member (signed out of the work account): a personal
+email or a mobile phone. Without either, the member gets none (reason ``no_channel``)."""
+
 _CHUNK_TABLE = """
 CREATE TEMP TABLE IF NOT EXISTS bulk_chunk (
     target_index   INTEGER PRIMARY KEY,
@@ -259,6 +267,8 @@ CREATE TEMP TABLE IF NOT EXISTS bulk_chunk (
     login_id       TEXT NOT NULL,
     name           TEXT,
     personal_email TEXT,
+    mobile_phone   TEXT,
+    locale         TEXT,
     reason         TEXT
 )
 """
@@ -274,8 +284,9 @@ CREATE TEMP TABLE IF NOT EXISTS bulk_tokens (
 _PRECHECK = """
 SELECT count(*), count(p.member_id),
        COALESCE(max(p.outcome = 'failed'
-                    OR (p.outcome = 'reset' AND NOT (p.notified AND p.sessions_revoked))
-                    OR (p.outcome = 'requested' AND NOT p.notified)), 0)
+                    OR (p.outcome = 'reset' AND NOT p.sessions_revoked)
+                    OR (p.outcome IN ('reset', 'requested') AND NOT p.notified
+                        AND COALESCE(p.reason, '') NOT LIKE '%no_channel%')), 0)
 FROM plan_entries AS e
 LEFT JOIN progress AS p ON p.plan_id = e.plan_id AND p.member_id = e.member_id
 WHERE e.plan_id = :plan_id AND e.target_index >= :start AND e.target_index < :stop
@@ -284,12 +295,13 @@ WHERE e.plan_id = :plan_id AND e.target_index >= :start AND e.target_index < :st
 any of those is unfinished."""
 
 _FILL = f"""
-INSERT INTO temp.bulk_chunk (target_index, member_id, login_id, name, personal_email, reason)
+INSERT INTO temp.bulk_chunk
+    (target_index, member_id, login_id, name, personal_email, mobile_phone, locale, reason)
 SELECT target_index, member_id, CASE WHEN reason IS NULL THEN login_id ELSE planned_login END,
-       name, personal_email, reason
+       name, personal_email, mobile_phone, locale, reason
 FROM (
     SELECT e.target_index, e.member_id, e.login_id AS planned_login, m.login_id, m.name,
-           m.personal_email, {EXCLUSION_CASE} AS reason
+           m.personal_email, m.mobile_phone, m.locale, {EXCLUSION_CASE} AS reason
     FROM plan_entries AS e LEFT JOIN members AS m ON m.member_id = e.member_id
     WHERE e.plan_id = :plan_id AND e.target_index >= :start AND e.target_index < :stop
       AND NOT EXISTS (SELECT 1 FROM progress AS p
@@ -329,47 +341,53 @@ FROM temp.bulk_tokens AS t JOIN temp.bulk_chunk AS b ON b.target_index = t.targe
 ORDER BY t.target_index
 """
 
-_PROGRESS = """
+_PROGRESS = f"""
 INSERT INTO progress
     (plan_id, member_id, outcome, reason, sessions_revoked, notified, login_id, at, attempted_at)
 SELECT :plan_id, member_id,
        CASE WHEN reason IS NULL THEN :outcome ELSE 'excluded' END,
-       reason,
-       CASE WHEN reason IS NULL THEN :revoked ELSE 0 END,
-       CASE WHEN reason IS NULL THEN 1 ELSE 0 END,
+       CASE WHEN reason IS NOT NULL THEN reason
+            WHEN :force AND NOT {_HAS_CHANNEL} THEN '{NO_CHANNEL}' END,
+       CASE WHEN reason IS NULL THEN :force ELSE 0 END,
+       CASE WHEN reason IS NULL AND NOT (:force AND NOT {_HAS_CHANNEL}) THEN 1 ELSE 0 END,
        login_id,
        :at, NULL
 FROM temp.bulk_chunk ORDER BY target_index
 """
 
-_EFFECT_EVENTS = """
+_EFFECT_EVENTS = f"""
 INSERT INTO audit (at, action, actor, plan_id, member_id, detail)
 SELECT :at,
        CASE WHEN reason IS NULL THEN :action ELSE 'member.excluded' END,
        :actor, :plan_id, member_id,
-       CASE WHEN reason IS NULL THEN :detail ELSE 'at apply: ' || reason END
+       CASE WHEN reason IS NOT NULL THEN 'at apply: ' || reason
+            WHEN :force AND NOT {_HAS_CHANNEL} THEN :detail_no_channel
+            ELSE :detail END
 FROM temp.bulk_chunk ORDER BY target_index
 """
 
 _NOTICE_COLUMNS = (
     "member_id, kind, token, password, expires_at, idempotency_key, recipient, actor, "
-    "issued_at, plan_id, name"
+    "issued_at, plan_id, name, locale, phone"
 )
+
 
 _RESET_NOTICES = f"""
 SELECT target_index AS ord, 0 AS k, member_id, '{NoticeKind.PASSWORD_RESET.value}' AS kind,
        NULL AS token, :password AS password, NULL AS expires_at,
        :plan_id || ':' || member_id || ':{NoticeKind.PASSWORD_RESET.value}' AS idempotency_key,
-       COALESCE(NULLIF(personal_email, ''), login_id) AS recipient,
-       :actor AS actor, :at AS issued_at, :plan_id AS plan_id, name
-FROM temp.bulk_chunk WHERE reason IS NULL
+       NULLIF(personal_email, '') AS recipient,
+       :actor AS actor, :at AS issued_at, :plan_id AS plan_id, name, locale,
+       NULLIF(mobile_phone, '') AS phone
+FROM temp.bulk_chunk WHERE reason IS NULL AND {_HAS_CHANNEL}
 """
 
 _REQUEST_NOTICES = f"""
 SELECT b.target_index AS ord, 1 AS k, b.member_id, '{NoticeKind.CHANGE_REQUEST.value}' AS kind,
        t.token, NULL AS password, :expires AS expires_at,
        :plan_id || ':' || b.member_id || ':{NoticeKind.CHANGE_REQUEST.value}' AS idempotency_key,
-       b.login_id AS recipient, :actor AS actor, :at AS issued_at, :plan_id AS plan_id, b.name
+       b.login_id AS recipient, :actor AS actor, :at AS issued_at, :plan_id AS plan_id, b.name,
+       b.locale, NULLIF(b.mobile_phone, '') AS phone
 FROM temp.bulk_tokens AS t JOIN temp.bulk_chunk AS b ON b.target_index = t.target_index
 """
 
@@ -501,10 +519,12 @@ def apply_chunk(
     }
     try:
         conn.execute(_FILL, params)
-        due = conn.execute(
-            "SELECT target_index, member_id FROM temp.bulk_chunk WHERE reason IS NULL "
-            "ORDER BY target_index"
+        rows = conn.execute(
+            f"SELECT target_index, member_id, {_HAS_CHANNEL} FROM temp.bulk_chunk "
+            "WHERE reason IS NULL ORDER BY target_index"
         ).fetchall()
+        due = [(index, member_id) for index, member_id, _ in rows]
+        reachable = sum(1 for *_, channel in rows if channel)
         if sends_request and due:
             derive = request.token
             assert derive is not None
@@ -525,7 +545,7 @@ def apply_chunk(
             {
                 **params,
                 "outcome": (Outcome.RESET if force else Outcome.REQUESTED).value,
-                "revoked": int(force),
+                "force": int(force),
             },
         )
         kinds = ([NoticeKind.PASSWORD_RESET.value] if force else []) + (
@@ -544,7 +564,7 @@ def apply_chunk(
                     "at": at,
                     "expires": params["expires"],
                 },
-                len(due) * len(kinds),
+                (reachable if force else 0) + (len(due) if sends_request else 0),
             )
             try:
                 request.notifier.send(notices)
@@ -558,6 +578,10 @@ def apply_chunk(
                 "plan_id": request.plan_id,
                 "action": "member.reset" if force else "member.requested",
                 "detail": AuditEvent.folded_detail(sessions_revoked=force, notices=kinds),
+                "detail_no_channel": AuditEvent.folded_detail(
+                    sessions_revoked=force, notices=kinds[1:]
+                ),
+                "force": int(force),
             },
         )
         if not finished:  # the usual case: all new here

@@ -205,7 +205,14 @@ _V5 = (
     " WHERE delivered_at IS NULL AND withdrawn_at IS NULL AND failed_at IS NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
+_V6 = (
+    # A plan's snapshot of each member keeps their language too; a notice keeps
+    # the member's mobile phone (for SMS), since a reset notice may have no address.
+    "ALTER TABLE plan_entries ADD COLUMN locale TEXT",
+    "ALTER TABLE outbox ADD COLUMN phone TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 """``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -276,7 +283,7 @@ def _version(conn: sqlite3.Connection) -> int:
 
 
 def member_to_row(member: Member) -> tuple[str | None, ...]:
-    """The ``members`` row of *member*: ``member_id`` ... ``role``, then ``login_key``."""
+    """The ``members`` row of *member*: ``member_id`` ... ``role``, ``locale``, ``login_key``."""
     return (
         member.member_id,
         member.login_id,
@@ -286,13 +293,15 @@ def member_to_row(member: Member) -> tuple[str | None, ...]:
         member.personal_email,
         member.status.value,
         member.role.value,
+        member.locale,
         member.login_key,
     )
 
 
 def member_from_row(row: Sequence[Any]) -> Member:
-    """The :class:`Member` of a row laid out as :func:`member_to_row` writes it."""
-    return member_from_store(*row[:8])
+    """The :class:`Member` of a row laid out as :func:`member_to_row` writes it
+    (``member_id`` ... ``role``, then ``locale`` when the row has it)."""
+    return member_from_store(*row[:9])
 
 
 def _member_json(member: Member) -> dict[str, str | None]:
@@ -345,7 +354,7 @@ def plan_header_to_json(plan: ResetPlan, counts: tuple[int, int, int]) -> str:
 
 ENTRY_COLUMNS = (
     "plan_id, target_index, excluded_index, warning_index, member_id, reason, warning, "
-    "login_id, name, sign_in, mobile_phone, personal_email, status, role"
+    "login_id, name, sign_in, mobile_phone, personal_email, status, role, locale"
 )
 
 
@@ -355,7 +364,7 @@ def entry_row(
     """The ``plan_entries`` row of one entry (the member as it was when planned)."""
     member = entry.member
     # login_id ... role, as the members table has them
-    snapshot = member_to_row(member)[1:8] if member is not None else (None,) * 7
+    snapshot = member_to_row(member)[1:9] if member is not None else (None,) * 8
     return (
         plan_id,
         *indexes,

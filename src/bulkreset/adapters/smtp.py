@@ -354,12 +354,13 @@ def notice_email(
     message["Subject"] = subject
     message["Message-ID"] = message_id(notice, sender)
     message["Date"] = email.utils.format_datetime(notice.issued_at or system_clock())
-    message["Content-Language"] = (templates or MessageTemplates()).language(
-        notice.kind, notice.locale
-    )
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
     message.set_content(text)
     message.add_alternative(f"<!DOCTYPE html>\n<html><body>\n{body}</body></html>\n", "html")
+    # after the parts: making a multipart moves Content-* headers into the first part
+    message["Content-Language"] = (templates or MessageTemplates()).language(
+        notice.kind, notice.locale
+    )
     return message
 
 

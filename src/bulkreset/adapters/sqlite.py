@@ -288,9 +288,11 @@ INSERT INTO audit (at, action, actor, plan_id, member_id, detail) VALUES (?, ?, 
 
 _MEMBER_UPSERT = """
 INSERT INTO members
-    (member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role, login_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role, locale,
+     login_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (member_id) DO UPDATE SET
+    locale = excluded.locale,
     login_id = excluded.login_id,
     name = excluded.name,
     sign_in = excluded.sign_in,
@@ -302,8 +304,8 @@ ON CONFLICT (member_id) DO UPDATE SET
 """
 
 _MEMBER_SELECT = (
-    "SELECT member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role "
-    "FROM members "
+    "SELECT member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role, "
+    "locale FROM members "
 )
 
 _CREDENTIAL_SELECT = """
@@ -406,7 +408,7 @@ class SqlitePlanWriter:
             rows.append(schema.entry_row(self.plan_id, entry, (indexes[0], indexes[1], indexes[2])))
         conn.executemany(
             f"INSERT INTO plan_entries ({schema.ENTRY_COLUMNS}) "  # noqa: S608 (fixed names)
-            f"VALUES ({', '.join('?' * 14)})",
+            f"VALUES ({', '.join('?' * 15)})",
             rows,
         )
 
@@ -551,8 +553,7 @@ class SqliteStorage:
             StorageError: SQLite failed.
         """
         rows = self._db.select(
-            "SELECT member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role "
-            "FROM members WHERE member_id IN (SELECT value FROM json_each(?))",
+            _MEMBER_SELECT + "WHERE member_id IN (SELECT value FROM json_each(?))",  # noqa: S608
             (_id_list(member_ids),),
         )
         return {row[0]: schema.member_from_row(row) for row in rows}
@@ -750,7 +751,10 @@ class SqliteStorage:
         )
 
     def _plan_targets(self, plan_id: str, start: int, stop: int) -> list[Member]:
-        columns = "member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role"
+        columns = (
+            "member_id, login_id, name, sign_in, mobile_phone, personal_email, status, role, "
+            "COALESCE(locale, 'en')"
+        )
         rows = self._plan_rows(columns, "target_index", plan_id, start, stop)
         return [schema.member_from_row(row) for row in rows]
 
@@ -1116,7 +1120,7 @@ class DeliveryReport:
 
 _NOTICE_SELECT = (
     "SELECT member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,"
-    " issued_at, plan_id, name, locale FROM outbox "
+    " issued_at, plan_id, name, locale, phone FROM outbox "
 )
 
 _PENDING = "delivered_at IS NULL AND withdrawn_at IS NULL AND failed_at IS NULL"
@@ -1124,8 +1128,8 @@ _PENDING = "delivered_at IS NULL AND withdrawn_at IS NULL AND failed_at IS NULL"
 _OUTBOX_INSERT = """
 INSERT OR IGNORE INTO outbox
     (member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,
-     issued_at, plan_id, name, locale, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     issued_at, plan_id, name, locale, phone, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -1143,6 +1147,7 @@ def notice_from_row(row: Sequence[Any]) -> Notice:
         plan_id=row[9],
         name=row[10],
         locale=row[11] if len(row) > 11 else "en",
+        phone=row[12] if len(row) > 12 else None,
     )
 
 
@@ -1211,6 +1216,7 @@ class SqliteOutbox:
                 n.plan_id,
                 n.name,
                 n.locale,
+                n.phone,
                 now,
             )
             for n in notices
