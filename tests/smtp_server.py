@@ -29,6 +29,7 @@ class Mailbox:
 
     def __init__(self, refuse: dict[str, str] | None = None) -> None:
         self.refuse = dict(refuse or {})  # recipient -> reply, e.g. "550 5.1.1 no such user"
+        self.drop: set[str] = set()  # recipients whose message makes the server hang up
         self.messages: list[EmailMessage] = []
         self.sessions = 0  # connections that said EHLO
         self.envelopes: list[tuple[str, list[str]]] = []
@@ -55,6 +56,9 @@ class Mailbox:
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Session, envelope: Envelope
     ) -> str:
+        if self.drop & set(envelope.rcpt_tos):
+            server.transport.close()  # the connection drops before any reply
+            return "421 gone"
         data = envelope.original_content or envelope.content
         assert isinstance(data, bytes)
         message = message_from_bytes(data, policy=policy.default)

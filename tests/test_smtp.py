@@ -451,3 +451,34 @@ def test_two_processes_delivering_at_once_never_send_a_notice_twice(
             counts.append(json.loads(out))
     ids = [m["Message-ID"] for m in box.messages]
     assert 60 == sum(counts) == len(ids) == len(set(ids))
+
+
+def test_a_connection_dropped_mid_batch_defers_that_notice_and_the_rest_go(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The server hangs up on one message: it stays pending with a retry time; the
+    transport reconnects for the next ones."""
+    service = outbox_service(tmp_path / "mail.db", clock, members=3)
+    plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    outbox: Any = service.notifier
+    with smtp_server() as box:
+        box.drop.add("user1@corp.example")
+        with SmtpTransport("127.0.0.1", box.port, sender="it@corp.example") as smtp:
+            report = outbox.deliver(smtp)
+        assert (2, False) == (report.delivered, report.stopped)
+        assert [("m1", "SMTP connection lost (SMTPServerDisconnected)")] == [
+            (key.split(":")[1], reason) for key, reason in report.deferred
+        ]
+        row = next(r for r in outbox.listing() if r["member_id"] == "m1")
+        assert ("deferred", clock.now + timedelta(minutes=1)) == (row["status"], row["retry_at"])
+        assert TOKEN not in json.dumps(outbox.listing(), default=str)
+        assert 2 == box.sessions  # reconnected after the drop
+        box.drop.clear()
+        clock.advance(minutes=1)
+        with SmtpTransport("127.0.0.1", box.port, sender="it@corp.example") as smtp:
+            assert 1 == outbox.deliver(smtp).delivered
+    assert ["user0@corp.example", "user2@corp.example", "user1@corp.example"] == [
+        m["To"] for m in box.messages
+    ]
+    service.store.close()  # type: ignore[attr-defined]
