@@ -97,6 +97,7 @@ def smtp_server(
     refuse: dict[str, str] | None = None,
     security: str = "none",
     login: bool = False,
+    idle_timeout: float | None = None,
 ) -> Iterator[Mailbox]:
     """Run an SMTP server on 127.0.0.1 for the block; yield its :class:`Mailbox`.
 
@@ -122,6 +123,8 @@ def smtp_server(
     if login:
         # implicit TLS is TLS from the first byte, but aiosmtpd only counts STARTTLS
         options.update(authenticator=_authenticator, auth_require_tls=security == "starttls")
+    if idle_timeout is not None:  # the server hangs up on a client idle this long
+        options["timeout"] = idle_timeout  # forwarded to aiosmtpd's SMTP
     mailbox.port = _free_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=mailbox.port, **options)
     controller.start()

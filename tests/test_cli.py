@@ -860,11 +860,10 @@ def test_outbox_send_delivers_once(
             "--rate",
             "50/s",
         )
-        # m1 has a personal email; m2 only a phone (its reset notice is for SMS, not
-        # mail: failed for good here); m3 neither (no reset notice at all: no_channel)
-        assert (1, True) == (code, "Delivered 4 notice(s)" in out)
-        assert "failed for good: " in out
-        assert ":m2:password_reset (no mail address)" in out
+        # m1 has a personal email; m2 only a phone (its reset notice is for SMS: it
+        # stays pending for that channel); m3 neither (no reset notice: no_channel)
+        assert (0, True) == (code, "Delivered 4 notice(s)" in out)
+        assert "1 notice(s) still pending" in out
         mailed = [n for n in pending if n.recipient]
         expected_ids = sorted(message_id(n, "it@corp.example") for n in mailed)
         assert expected_ids == sorted(m["Message-ID"] for m in box.messages)
@@ -881,7 +880,10 @@ def test_outbox_send_delivers_once(
             json.loads(out)["failed"],
             len(box.messages),
         )
-    assert [] == service.notifier.pending()  # type: ignore[attr-defined]
+    leftover = service.notifier.pending()  # type: ignore[attr-defined]
+    assert [("m2", None, "+821000000002")] == [
+        (n.member_id, n.recipient, n.phone) for n in leftover
+    ]
 
 
 def test_outbox_send_reports_refused_and_deferred_notices(
@@ -947,6 +949,16 @@ def test_outbox_send_logs_in_over_tls(
         ["--send", "--smtp", "h:25", "--from", "nobody"],
         ["--send", "--smtp", "h:25", "--user", "u", "--password-file", "/nonexistent/file"],
         ["--send", "--smtp", "mail.example:25", "--user", "u", "--password-file", "/dev/null"],
+        ["--send", "--smtp", "h:25", "--tls", "--user", "u", "--password-file", "/dev/null"],
+        ["--send", "--smtp", "h:\u0662\u0665"],  # Arabic-Indic digits are not a port
+        ["--send", "--smtp", "h:25", "--rate", "1e-300/s"],
+        ["--send", "--smtp", "h:25", "--link", "javascript:alert({token})"],
+        ["--send", "--smtp", "h:25", "--link", "https://x.example/r?t={token}\nBcc: x"],
+        ["--send", "--smtp", "h:25", "--from", "a@b.example, evil@x.example"],
+        ["--send", "--smtp", "h:25", "--from", "it@x\rBcc: evil@x"],
+        ["--link", "https://x.example/r?t={token}"],
+        ["--from", "it@corp.example"],
+        ["--timezone", "Asia/Seoul"],
     ],
 )
 def test_outbox_send_usage_errors(run: Run, db: str, args: list[str]) -> None:

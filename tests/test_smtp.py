@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -481,4 +482,121 @@ def test_a_connection_dropped_mid_batch_defers_that_notice_and_the_rest_go(
     assert ["user0@corp.example", "user2@corp.example", "user1@corp.example"] == [
         m["To"] for m in box.messages
     ]
+    service.store.close()  # type: ignore[attr-defined]
+
+
+def test_a_refused_sender_stops_the_run_and_keeps_every_notice(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """MAIL FROM refused (here: STARTTLS required) is the server's, not a notice's: the run
+    stops, every notice stays pending with its secret, and a corrected run delivers them."""
+    service = outbox_service(tmp_path / "mail.db", clock, members=3)
+    plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    outbox: Any = service.notifier
+    with smtp_server(security="starttls") as box:
+        with SmtpTransport("localhost", box.port, sender="it@corp.example") as smtp:
+            report = outbox.deliver(smtp)
+        assert (0, (), True) == (report.delivered, report.failed, report.stopped)
+        assert [("SMTP 530")] == [reason for _, reason in report.deferred]
+        assert 3 == len(outbox.pending())
+        clock.advance(minutes=1)
+        with SmtpTransport(
+            "localhost",
+            box.port,
+            sender="it@corp.example",
+            security="starttls",
+            ssl_context=box.client_context,
+        ) as smtp:
+            assert 3 == outbox.deliver(smtp).delivered
+    service.store.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "victim@home.example, evil@attacker.example",
+        "Evil <evil@attacker.example>",
+        "ls\u2028x@home.example",
+        "x@home.example\r\nBcc: evil@attacker.example",
+        "no-at-sign",
+    ],
+)
+def test_a_recipient_must_be_one_address(recipient: str) -> None:
+    """Never more (or other) addresses than the one the notice names: refused for good."""
+    with smtp_server() as box:
+        with (
+            SmtpTransport("127.0.0.1", box.port, sender="it@corp.example") as smtp,
+            pytest.raises(PermanentDeliveryError, match="mail address"),
+        ):
+            smtp(reset(recipient=recipient, password=PASSWORD))
+        assert [] == box.envelopes
+
+
+def test_international_addresses() -> None:
+    """An IDN domain is sent IDNA-encoded; a Unicode local part needs SMTPUTF8 (offered)."""
+    with (
+        smtp_server() as box,
+        SmtpTransport("127.0.0.1", box.port, sender="it@corp.example") as smtp,
+    ):
+        smtp(reset(recipient="mina@bücher.example"))
+        smtp(reset(recipient="민아@corp.example", idempotency_key="plan-1:m2:password_reset"))
+    assert ["mina@xn--bcher-kva.example", "민아@corp.example"] == [
+        envelope[1][0] for envelope in box.envelopes
+    ]
+
+
+def test_backoff_never_overflows_and_gives_up_in_the_end(tmp_path: Path, clock: FakeClock) -> None:
+    """Retries wait at most max_backoff; after max_attempts the notice fails, secret erased."""
+    service = outbox_service(tmp_path / "mail.db", clock, members=1)
+    plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    outbox: Any = service.notifier
+
+    def busy(notice: Notice) -> None:
+        raise TemporaryDeliveryError("SMTP 451", code=451)
+
+    reports = []
+    for _ in range(4):
+        reports.append(outbox.deliver(busy, max_attempts=4))
+        clock.advance(hours=7)
+    assert [1, 1, 1, 0] == [len(r.deferred) for r in reports]
+    report = reports[-1]
+    assert 1 == len(report.failed)
+    assert "gave up after 4 attempts (SMTP 451)" == report.failed[0][1]
+    assert [] == outbox.pending()
+    assert "failed" == outbox.listing()[0]["status"]
+    service.store.close()  # type: ignore[attr-defined]
+
+
+def test_a_connection_left_idle_is_checked_before_it_is_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server hung up on an idle client: the transport notices and reconnects."""
+    monkeypatch.setattr("bulkreset.adapters.smtp._IDLE_CHECK", 0.2)
+    with smtp_server(idle_timeout=0.5) as box:
+        with SmtpTransport("127.0.0.1", box.port, sender="it@corp.example") as smtp:
+            smtp(request())
+            time.sleep(1.0)
+            smtp(request(idempotency_key="plan-1:m2:change_request"))
+        assert (2, 2) == (len(box.messages), box.sessions)
+
+
+def test_the_claim_covers_the_send_not_the_wait_before_it(tmp_path: Path, clock: FakeClock) -> None:
+    """A deliverer waiting out --rate has not claimed its next notice yet: another
+    deliverer meanwhile may send it, and it is not sent twice."""
+    service = outbox_service(tmp_path / "mail.db", clock, members=2)
+    plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    outbox: Any = service.notifier
+    sent: list[str] = []
+
+    def other_deliverer_runs(seconds: float) -> None:
+        clock.advance(minutes=6)  # longer than a claim lasts
+        outbox.deliver(lambda n: sent.append(n.idempotency_key))
+
+    outbox.deliver(
+        lambda n: sent.append(n.idempotency_key), rate=1 / 400, sleep=other_deliverer_runs
+    )
+    assert 2 == len(sent) == len(set(sent))
     service.store.close()  # type: ignore[attr-defined]

@@ -22,7 +22,8 @@ return is a control character, and the password rules refuse it).
 Exit status: 0 on success, 1 when some members failed (or are unfinished:
 not yet signed out or notified), 2 for bad usage or
 bad input (one line on standard error, no traceback), 130 when interrupted.
-A rejected command writes nothing.
+A rejected command (status 2) writes nothing; ``outbox --send`` records each
+delivery attempt it makes, failed ones included.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ._model import (
 )
 from ._report import check_report_path, write_report
 from ._service import ResetService
-from .adapters.smtp import SmtpTransport
+from .adapters.smtp import SmtpTransport, is_link_template, is_loopback
 from .errors import BulkResetError, InvalidInputError, PasswordPolicyError
 
 __all__ = ["main"]
@@ -615,7 +616,12 @@ def notice_document(notice: Notice) -> dict[str, Any]:
 def _smtp_address(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536 or not _is_host_name(host):
+    if (
+        not host
+        or not (port.isascii() and port.isdigit())
+        or not 0 < int(port) < 65536
+        or not _is_host_name(host)
+    ):
         raise UsageError(f"--smtp takes HOST:PORT, not {value!r:.80}")
     return host, int(port)
 
@@ -637,8 +643,8 @@ def _rate(value: str | None) -> float | None:
         rate = float(number)
     except ValueError:
         rate = 0.0
-    if not 0 < rate < float("inf"):
-        raise UsageError(f"--rate takes N/s with N above zero, not {value!r:.40}")
+    if not 1 / 3600 <= rate < float("inf"):
+        raise UsageError(f"--rate takes N/s, at least one an hour (0.0003/s), not {value!r:.40}")
     return rate
 
 
@@ -654,13 +660,22 @@ def _transport(args: argparse.Namespace) -> SmtpTransport:
         path = _file_name(args.password_file, "--password-file")
         try:
             with open(path, encoding="utf-8") as stream:
-                password = _read_limited(stream).split("\n", 1)[0]
+                password = stream.read(4097).split("\n", 1)[0]
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read --password-file: {type(exc).__name__}") from None
+        if not password or len(password) > 4096:
+            raise UsageError("--password-file must hold the SMTP password on its first line")
     try:
         zone = ZoneInfo(args.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"--timezone: unknown time zone {args.timezone!r:.60}") from None
+    if args.link is not None and not is_link_template(args.link):
+        raise UsageError(
+            "--link takes an http(s) URL with {token} where the token goes, "
+            "e.g. https://accounts.example.com/reset?token={token}"
+        )
+    if args.user is not None and not (args.tls or args.starttls) and not is_loopback(host):
+        raise UsageError("--user needs --starttls or --tls: never log in in clear text")
     return SmtpTransport(
         host,
         port,
@@ -679,7 +694,7 @@ def _send_outbox(args: argparse.Namespace, service: ResetService) -> int:
     if not callable(deliver):  # pragma: no cover - the SQLite outbox has it
         raise InvalidInputError("this database's notifier cannot deliver")
     with _transport(args) as transport:
-        report = deliver(transport, rate=rate)
+        report = deliver(transport, rate=rate, only=transport.accepts)
     problems = [*report.failed, *report.deferred]
     if args.json:
         _json(
@@ -701,6 +716,12 @@ def _send_outbox(args: argparse.Namespace, service: ResetService) -> int:
             _out(f"  {report.withdrawn:,} change request(s) withdrawn: their links had died.")
         if report.stopped:
             _out("  Stopped: the SMTP server cannot be used now; run --send again later.")
+        waiting = len(getattr(service.notifier, "pending", list)())
+        if waiting:
+            _out(
+                f"  {waiting:,} notice(s) still pending: retried later, or for another "
+                "channel (no mail address: send them by SMS from Python)."
+            )
     return 1 if problems or report.stopped else 0
 
 
@@ -708,9 +729,21 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
     path = _database(args)
     if args.send and args.smtp is None:
         raise UsageError("--send needs --smtp HOST:PORT")
-    if not args.send and any(
-        value not in (None, False)
-        for value in (args.smtp, args.starttls, args.tls, args.user, args.password_file, args.rate)
+    if not args.send and (
+        any(
+            value not in (None, False)
+            for value in (
+                args.smtp,
+                args.starttls,
+                args.tls,
+                args.user,
+                args.password_file,
+                args.rate,
+                args.link,
+            )
+        )
+        or args.sender != "bulkreset@localhost"
+        or args.timezone != "UTC"
     ):
         raise UsageError("--smtp and its options go with --send")
     service = _connect(path)

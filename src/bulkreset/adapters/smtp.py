@@ -37,9 +37,11 @@ import email.utils
 import hashlib
 import html
 import ipaddress
+import re
 import smtplib
 import ssl
 import string
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone, tzinfo
 from email.message import EmailMessage
@@ -58,6 +60,8 @@ __all__ = [
     "MessageTemplate",
     "MessageTemplates",
     "SmtpTransport",
+    "is_link_template",
+    "is_loopback",
     "message_id",
     "notice_email",
 ]
@@ -116,7 +120,7 @@ DEFAULT_TEMPLATES: Mapping[tuple[NoticeKind, str], MessageTemplate] = {
             "If you did not expect this, contact your administrator.\n"
         ),
         html=(
-            "<p>Hello $name,</p>\n"
+            "<p>Hello <bdi>$name</bdi>,</p>\n"
             "<p>An administrator ($actor) reset your password on $when and signed you out "
             "of every session.</p>\n"
             "<p>$password_line</p>\n"
@@ -133,7 +137,7 @@ DEFAULT_TEMPLATES: Mapping[tuple[NoticeKind, str], MessageTemplate] = {
             "Your current password keeps working until you do.\n"
         ),
         html=(
-            "<p>Hello $name,</p>\n"
+            "<p>Hello <bdi>$name</bdi>,</p>\n"
             "<p>You are asked to set a new password. Use this once, before $expires:</p>\n"
             '<p><a href="$link">$link</a></p>\n'
             "<p>Your current password keeps working until you do.</p>\n"
@@ -149,7 +153,7 @@ DEFAULT_TEMPLATES: Mapping[tuple[NoticeKind, str], MessageTemplate] = {
             "요청한 적이 없다면 관리자에게 문의하세요.\n"
         ),
         html=(
-            "<p>$name 님, 안녕하세요.</p>\n"
+            "<p><bdi>$name</bdi> 님, 안녕하세요.</p>\n"
             "<p>관리자($actor)가 $when에 비밀번호를 재설정하고 모든 세션에서 "
             "로그아웃했습니다.</p>\n"
             "<p>$password_line</p>\n"
@@ -166,7 +170,7 @@ DEFAULT_TEMPLATES: Mapping[tuple[NoticeKind, str], MessageTemplate] = {
             "새 비밀번호를 정하기 전까지는 지금 비밀번호를 계속 쓸 수 있습니다.\n"
         ),
         html=(
-            "<p>$name 님, 안녕하세요.</p>\n"
+            "<p><bdi>$name</bdi> 님, 안녕하세요.</p>\n"
             "<p>새 비밀번호를 설정해 주세요. 아래 링크는 $expires까지 한 번만 쓸 수 "
             "있습니다.</p>\n"
             '<p><a href="$link">$link</a></p>\n'
@@ -184,7 +188,7 @@ DEFAULT_TEMPLATES: Mapping[tuple[NoticeKind, str], MessageTemplate] = {
             "心当たりがない場合は管理者にお問い合わせください。\n"
         ),
         html=(
-            "<p>$name 様</p>\n"
+            "<p><bdi>$name</bdi> 様</p>\n"
             "<p>管理者（$actor）が $when にパスワードをリセットし、すべてのセッションから"
             "サインアウトしました。</p>\n"
             "<p>$password_line</p>\n"
@@ -202,7 +206,7 @@ DEFAULT_TEMPLATES: Mapping[tuple[NoticeKind, str], MessageTemplate] = {
             "新しいパスワードを設定するまで、今のパスワードはそのまま使えます。\n"
         ),
         html=(
-            "<p>$name 様</p>\n"
+            "<p><bdi>$name</bdi> 様</p>\n"
             "<p>新しいパスワードを設定してください。次のリンクは $expires まで、"
             "一度だけ使えます。</p>\n"
             '<p><a href="$link">$link</a></p>\n'
@@ -236,7 +240,7 @@ class MessageTemplates:
         self._templates = {**DEFAULT_TEMPLATES, **(overrides or {})}
         self._password_lines = {**_PASSWORD_LINES, **(password_lines or {})}
         for (kind, language), template in self._templates.items():
-            if "$password" in template.subject or "$link" in template.subject:
+            if _SECRET_PLACEHOLDER.search(template.subject):
                 raise InvalidInputError(
                     f"the {kind.value} subject for {language!r} may not carry a secret"
                 )
@@ -275,7 +279,9 @@ class MessageTemplates:
             values["actor"] = notice.actor or ""
             values["when"] = _local_time(notice.issued_at or system_clock(), zone)
             if notice.password:
-                secret["password_line"] = with_password.replace("$password", notice.password)
+                secret["password_line"] = string.Template(with_password).safe_substitute(
+                    password=notice.password
+                )
             else:
                 values["password_line"] = without
         else:
@@ -291,6 +297,9 @@ class MessageTemplates:
         escaped = {k: html.escape(v) for k, v in {**values, **secret}.items()}
         body = string.Template(template.html).safe_substitute(escaped)
         return subject, text, body
+
+
+_SECRET_PLACEHOLDER = re.compile(r"\$\{?(link|password_line|password)\b")
 
 
 def _check_template(text: str, *, kind: NoticeKind, language: str) -> None:
@@ -312,8 +321,13 @@ def _local_time(moment: datetime, zone: tzinfo) -> str:
     minutes = abs(int(offset.total_seconds())) // 60
     name = local.tzname() or ""
     utc = f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
-    label = utc if name in ("", "UTC") and minutes == 0 else f"{name} ({utc})"
-    return f"{local:%Y-%m-%d %H:%M} {'UTC' if label == 'UTC+00:00' else label}"
+    if minutes == 0 and name in ("", "UTC", "UTC+00:00"):
+        label = "UTC"
+    elif not name or name.startswith(("UTC", "GMT")) or name[0] in "+-":
+        label = utc  # a fixed offset has no name of its own
+    else:
+        label = f"{name} ({utc})"
+    return f"{local:%Y-%m-%d %H:%M} {label}"
 
 
 def message_id(notice: Notice, sender: str) -> str:
@@ -343,14 +357,18 @@ def notice_email(
         PermanentDeliveryError: the notice has no mail address.
         InvalidInputError: a change request without its token.
     """
-    if not notice.recipient or "@" not in notice.recipient:
+    if not notice.recipient:
         raise PermanentDeliveryError("no mail address")
+    try:
+        recipient = _mail_address(notice.recipient, what="the recipient")
+    except ValueError:
+        raise PermanentDeliveryError("not one mail address") from None
     subject, text, body = (templates or MessageTemplates()).render(
         notice, link_template=link_template, zone=zone
     )
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = notice.recipient
+    message["To"] = recipient
     message["Subject"] = subject
     message["Message-ID"] = message_id(notice, sender)
     message["Date"] = email.utils.format_datetime(notice.issued_at or system_clock())
@@ -411,16 +429,21 @@ class SmtpTransport:
         port = _DEFAULT_PORTS[security] if port is None else port
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise InvalidInputError("port must be between 1 and 65535")
-        if not isinstance(sender, str) or "@" not in sender or "\n" in sender:
-            raise InvalidInputError("sender must be a mail address")
+        try:
+            envelope_sender = _mail_address(sender, what="the sender")
+        except (ValueError, TypeError):
+            raise InvalidInputError("the sender must be one mail address (local@domain)") from None
         if (username is None) != (password is None):
             raise InvalidInputError("username and password go together")
-        if username is not None and security == "none" and not _is_loopback(host):
+        if username is not None and security == "none" and not is_loopback(host):
             raise InvalidInputError("log in only over TLS (security='starttls' or 'tls')")
         if not timeout > 0:
             raise InvalidInputError("timeout must be positive")
-        if link_template is not None and link_template.count("{token}") != 1:
-            raise InvalidInputError("link_template must contain {token} exactly once")
+        if link_template is not None and not is_link_template(link_template):
+            raise InvalidInputError(
+                "the link must be an http(s) URL with {token} once and no spaces, "
+                "e.g. https://accounts.example.com/reset?token={token}"
+            )
         self.host = host
         self.port = port
         self.sender = sender
@@ -432,7 +455,9 @@ class SmtpTransport:
         self.link_template = link_template
         self.templates = templates or MessageTemplates()
         self.zone = zone
+        self._envelope_sender = envelope_sender
         self._smtp: smtplib.SMTP | None = None
+        self._last_used = 0.0
         self.sent = 0
 
     def __repr__(self) -> str:
@@ -463,20 +488,36 @@ class SmtpTransport:
             zone=self.zone,
         )
 
+    def accepts(self, notice: Notice) -> bool:
+        """Whether *notice* has a mail address (a phone-only reset notice is for SMS).
+
+        Pass it to ``SqliteOutbox.deliver(..., only=transport.accepts)`` so
+        that notices for another channel stay pending for that channel.
+        """
+        return bool(notice.recipient)
+
     def send(self, notice: Notice) -> None:
         """Send one notice, opening (or reusing) the connection.
 
         Raises:
-            TemporaryDeliveryError: a 4xx reply, a dropped connection or a
-                timeout; ``stop_run`` is set when the server itself is unusable
-                (it cannot be reached, refused the login or TLS, or said 421).
-            PermanentDeliveryError: a 5xx reply or a refused recipient; or the
-                notice has no mail address.
+            TemporaryDeliveryError: a 4xx reply to the recipient or the
+                message, a dropped connection or a timeout. ``stop_run`` is
+                set when the server refuses every message alike: it cannot be
+                reached, refused TLS or the login, or refused the sender (a
+                ``MAIL FROM`` reply, 4xx or 5xx: a configuration problem, not
+                the notice's).
+            PermanentDeliveryError: a 5xx reply to the recipient or the
+                message; the notice has no usable mail address; or the address
+                needs SMTPUTF8 and the server does not offer it.
         """
         message = self.message(notice)
+        recipient = _envelope_address(str(message["To"]))
         smtp = self._connection()
         try:
-            refused = smtp.send_message(message)
+            smtp.send_message(message, from_addr=self._envelope_sender, to_addrs=[recipient])
+        except smtplib.SMTPSenderRefused as exc:
+            self._drop()
+            raise _stop(_reply_error(exc.smtp_code)) from None
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if 421 in codes:  # smtplib closed the channel: reconnect next time
@@ -486,12 +527,15 @@ class SmtpTransport:
             if exc.smtp_code == 421:  # the server is closing the channel
                 self._drop()
             raise _reply_error(exc.smtp_code) from None
+        except smtplib.SMTPNotSupportedError:
+            raise PermanentDeliveryError(
+                "the address needs SMTPUTF8, which the server does not offer"
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
             # the next notice reconnects; if the server is gone, that says so
             raise TemporaryDeliveryError(f"SMTP connection lost ({type(exc).__name__})") from None
-        if refused:  # pragma: no cover - one recipient: refusals raise above
-            raise _reply_error(next(iter(refused.values()))[0])
+        self._last_used = time.monotonic()
         self.sent += 1
 
     def close(self) -> None:
@@ -510,7 +554,15 @@ class SmtpTransport:
 
     def _connection(self) -> smtplib.SMTP:
         if self._smtp is not None:
-            return self._smtp
+            if time.monotonic() - self._last_used < _IDLE_CHECK:
+                return self._smtp
+            try:  # idle a while: servers hang up on idle clients (300 s is common)
+                code, _ = self._smtp.noop()
+            except (smtplib.SMTPException, OSError):
+                code = 0
+            if code == 250:
+                return self._smtp
+            self._drop()
         context = self.ssl_context or ssl.create_default_context()
         try:
             smtp: smtplib.SMTP
@@ -533,7 +585,36 @@ class SmtpTransport:
                 TemporaryDeliveryError(f"SMTP server unreachable ({type(exc).__name__})")
             ) from None
         self._smtp = smtp
+        self._last_used = time.monotonic()
         return smtp
+
+
+_IDLE_CHECK = 30.0
+"""Seconds a connection may sit unused before it is checked (``NOOP``) before reuse."""
+
+
+def _mail_address(text: str, *, what: str) -> str:
+    """*text* as one bare address (``local@domain``), its domain IDNA-encoded when the
+    local part is ASCII.
+
+    Raises:
+        ValueError: not exactly one address: a display name, a list, a line break.
+    """
+    if any(c in text for c in '\r\n\u2028\u2029,;<>"()') or text != text.strip():
+        raise ValueError(f"{what} is not one mail address")
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain or " " in text:
+        raise ValueError(f"{what} is not one mail address")
+    if local.isascii() and not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{what} has a domain that cannot be encoded") from None
+    return f"{local}@{domain}"
+
+
+def _envelope_address(text: str) -> str:
+    return _mail_address(text, what="the recipient")
 
 
 def _reply_error(code: int) -> TemporaryDeliveryError | PermanentDeliveryError:
@@ -547,7 +628,20 @@ def _stop(error: TemporaryDeliveryError | PermanentDeliveryError) -> TemporaryDe
     return TemporaryDeliveryError(str(error), code=error.code, stop_run=True)
 
 
-def _is_loopback(host: str) -> bool:
+def is_link_template(text: str) -> bool:
+    """Whether *text* is a change-request link template: an http(s) URL with ``{token}``
+    once (not as the host), no spaces or control characters."""
+    return (
+        isinstance(text, str)
+        and text.count("{token}") == 1
+        and text.lower().startswith(("https://", "http://"))
+        and not text.lower().startswith(("https://{token}", "http://{token}"))
+        and not any(c.isspace() or not c.isprintable() for c in text)
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* names this machine (``localhost``, ``127.0.0.1``, ``::1``)."""
     if host == "localhost":
         return True
     try:

@@ -1184,9 +1184,7 @@ class SqliteOutbox:
         self._clock = clock or system_clock
 
     def __repr__(self) -> str:
-        rows = self._db.select(
-            "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND withdrawn_at IS NULL"
-        )
+        rows = self._db.select(f"SELECT count(*) FROM outbox WHERE {_PENDING}")  # noqa: S608
         return f"<SqliteOutbox {rows[0][0]} pending>"
 
     def send(self, notices: Sequence[Notice]) -> None:
@@ -1308,6 +1306,8 @@ class SqliteOutbox:
         rate: float | None = None,
         backoff: timedelta = timedelta(minutes=1),
         max_backoff: timedelta = timedelta(hours=6),
+        max_attempts: int = 30,
+        only: Callable[[Notice], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> DeliveryReport:
         """Hand pending notices to *transport*, oldest first, one at a time.
@@ -1324,16 +1324,23 @@ class SqliteOutbox:
         refused recipient), the notice is marked failed, its secrets erased,
         and the others still go. Any other exception (a 4xx reply, a dropped
         connection) leaves it pending, retried no sooner than ``backoff ×
-        2^(attempts - 1)`` later (at most *max_backoff*): exponential backoff.
-        An error with ``stop_run`` set (the server is unusable) ends the run.
+        2^(attempts - 1)`` later (at most *max_backoff*): exponential backoff;
+        after *max_attempts* attempts it is marked failed instead. An error
+        with ``stop_run`` set (the server is unusable) ends the run.
 
         Args:
             transport: Called with each :class:`~bulkreset.Notice`
                 (an :class:`~bulkreset.adapters.smtp.SmtpTransport`, say).
             limit: Deliver at most this many notices (default: all due).
-            rate: At most this many notices a second (default: no limit).
+            rate: At most this many notices a second (default: no limit; at
+                least one an hour).
             backoff: The first retry delay.
             max_backoff: The longest retry delay.
+            max_attempts: Attempts before a notice that keeps failing for
+                now is given up (marked failed, its secret erased).
+            only: Deliver only the notices it accepts (for example
+                ``SmtpTransport.accepts``: those with a mail address); the
+                others stay pending for another channel.
             sleep: Waits between notices to keep to *rate* (tests pass a fake).
 
         Returns:
@@ -1346,10 +1353,12 @@ class SqliteOutbox:
         """
         if limit is not None and limit < 0:
             raise InvalidInputError("limit must not be negative")
-        if rate is not None and not rate > 0:
-            raise InvalidInputError("rate must be a positive number of notices a second")
+        if rate is not None and not 1 / 3600 <= rate < float("inf"):
+            raise InvalidInputError("rate must be between one notice an hour and infinity")
         if backoff <= timedelta(0) or max_backoff < backoff:
             raise InvalidInputError("backoff must be positive and at most max_backoff")
+        if max_attempts < 1:
+            raise InvalidInputError("max_attempts must be at least 1")
         now = read_clock(self._clock)
         rows = self._db.select(
             _NOTICE_SELECT.replace("SELECT ", "SELECT seq, attempts, ", 1)
@@ -1365,16 +1374,18 @@ class SqliteOutbox:
         stopped = False
         for row in rows:
             seq, attempts, notice = row[0], row[1], notice_from_row(row[2:])
+            if only is not None and not only(notice):
+                continue
+            if last_sent is not None and interval:
+                wait = last_sent + interval - time.monotonic()
+                if wait > 0:
+                    sleep(wait)  # before the claim: the claim covers the send alone
             if not self._claim(seq):
                 continue
             if not self._link_is_live(notice, now):
                 self._withdraw(seq)
                 withdrawn += 1
                 continue
-            if last_sent is not None and interval:
-                wait = last_sent + interval - time.monotonic()
-                if wait > 0:
-                    sleep(wait)
             last_sent = time.monotonic()
             try:
                 transport(notice)
@@ -1384,7 +1395,12 @@ class SqliteOutbox:
                 continue
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__
-                delay = min(backoff * (2**attempts), max_backoff)
+                if attempts + 1 >= max_attempts:
+                    reason = f"gave up after {attempts + 1} attempts ({reason})"
+                    self._fail(seq, reason)
+                    failed.append((notice.idempotency_key, reason))
+                    continue
+                delay = max_backoff if attempts >= 40 else min(backoff * 2**attempts, max_backoff)
                 self._defer(seq, reason, read_clock(self._clock) + delay)
                 deferred.append((notice.idempotency_key, reason))
                 if getattr(exc, "stop_run", False):
@@ -1397,7 +1413,8 @@ class SqliteOutbox:
             with self._db.write() as conn:
                 conn.execute(
                     "UPDATE outbox SET delivered_at = ?, token = NULL, password = NULL, "
-                    "next_attempt_at = NULL, last_error = NULL WHERE seq = ?",
+                    "next_attempt_at = NULL, last_error = NULL "
+                    "WHERE seq = ? AND delivered_at IS NULL",
                     (to_iso(read_clock(self._clock)), seq),
                 )
             delivered += 1
@@ -1407,7 +1424,8 @@ class SqliteOutbox:
         with self._db.write() as conn:
             conn.execute(
                 "UPDATE outbox SET failed_at = ?, last_error = ?, attempts = attempts + 1, "
-                "token = NULL, password = NULL, next_attempt_at = NULL WHERE seq = ?",
+                "token = NULL, password = NULL, next_attempt_at = NULL "
+                "WHERE seq = ? AND delivered_at IS NULL",
                 (to_iso(read_clock(self._clock)), reason, seq),
             )
 
@@ -1415,7 +1433,7 @@ class SqliteOutbox:
         with self._db.write() as conn:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
-                "next_attempt_at = ? WHERE seq = ?",
+                "next_attempt_at = ? WHERE seq = ? AND delivered_at IS NULL",
                 (reason, to_iso(retry_at), seq),
             )
 
