@@ -1147,7 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     f"progress callback at {n} members: costs < 2 %",
                     f"{share:.3%} of apply inside the callback "
-                    f"(end to end {drawn / plain - 1:+.1%}, within noise)",
+                    f"(medians with and without it differ by {drawn / plain - 1:+.1%}: "
+                    "run-to-run noise, see above)",
                     _verdict(share < 0.02),
                 )
             )
