@@ -39,6 +39,7 @@ from .._model import (
 from .._tokens import token_digest
 from ..errors import StorageError
 from ..ports import ChunkRequest
+from ._sqlite_schema import CREDENTIAL_WRITE
 
 __all__ = [
     "ChunkNotices",
@@ -310,19 +311,10 @@ FROM (
 ORDER BY target_index
 """
 
-_CREDENTIALS = """
-INSERT INTO credentials
-    (member_id, password_hash, shared_plan_id, must_change, generation, changed_at, not_before)
-SELECT member_id, NULL, :plan_id, :must_change, 1, :at, :at
-FROM temp.bulk_chunk WHERE reason IS NULL ORDER BY target_index
-ON CONFLICT (member_id) DO UPDATE SET
-    password_hash = excluded.password_hash,
-    shared_plan_id = excluded.shared_plan_id,
-    must_change = excluded.must_change,
-    generation = credentials.generation + 1,
-    changed_at = excluded.changed_at,
-    not_before = excluded.not_before
-"""
+_CREDENTIALS = CREDENTIAL_WRITE.format(
+    rows="SELECT member_id, NULL, :plan_id, :must_change, 1, :at, :at\n"
+    "FROM temp.bulk_chunk WHERE reason IS NULL ORDER BY target_index"
+)
 
 _SUPERSEDE_TOKENS = """
 UPDATE tokens SET revoked_at = :at

@@ -352,6 +352,21 @@ def plan_header_to_json(plan: ResetPlan, counts: tuple[int, int, int]) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
+CREDENTIAL_WRITE = """
+INSERT INTO credentials
+    (member_id, password_hash, shared_plan_id, must_change, generation, changed_at, not_before)
+{rows}
+ON CONFLICT (member_id) DO UPDATE SET
+    password_hash = excluded.password_hash,
+    shared_plan_id = excluded.shared_plan_id,
+    must_change = excluded.must_change,
+    generation = credentials.generation + 1,
+    changed_at = excluded.changed_at,
+    not_before = excluded.not_before
+"""
+"""How every credential is written, one by one or a chunk at a time: a new member's
+generation is 1; an existing one's goes up by one (which kills their older tokens)."""
+
 ENTRY_COLUMNS = (
     "plan_id, target_index, excluded_index, warning_index, member_id, reason, warning, "
     "login_id, name, sign_in, mobile_phone, personal_email, status, role, locale"

@@ -243,18 +243,7 @@ class _Database:
 
 # storage -----------------------------------------------------------------------
 
-_CREDENTIAL_UPSERT = """
-INSERT INTO credentials
-    (member_id, password_hash, shared_plan_id, must_change, generation, changed_at, not_before)
-VALUES (?, ?, ?, ?, 1, ?, ?)
-ON CONFLICT (member_id) DO UPDATE SET
-    password_hash = excluded.password_hash,
-    shared_plan_id = excluded.shared_plan_id,
-    must_change = excluded.must_change,
-    generation = credentials.generation + 1,
-    changed_at = excluded.changed_at,
-    not_before = excluded.not_before
-"""
+_CREDENTIAL_UPSERT = schema.CREDENTIAL_WRITE.format(rows="VALUES (?, ?, ?, ?, 1, ?, ?)")
 
 _REVOKE_TOKENS = """
 UPDATE tokens SET revoked_at = ?
