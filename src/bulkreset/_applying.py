@@ -33,7 +33,7 @@ from ._model import (
     SignInMethod,
     is_unfinished,
 )
-from ._tokens import derive_password, derive_token, token_deriver, token_digest
+from ._tokens import derive_password, token_deriver, token_digest
 from .errors import InvalidTokenError, PlanInProgressError, RetryLaterError
 from .ports import (
     ChunkRequest,
@@ -124,6 +124,7 @@ class ApplyRun:
         self.failed: dict[str, MemberOutcome] = {}
         self.awaiting_revocation: dict[str, MemberOutcome] = {}
         self._tokens: dict[str, str] = {}  # this chunk's tokens: derived once
+        self._derive: Callable[[str], str] | None = None
         self._staged: dict[str, MemberOutcome] = {}
         self._staged_events: list[AuditEvent] = []
         self.counts: Counter[Outcome] = Counter()
@@ -413,19 +414,22 @@ class ApplyRun:
         )
 
     def _deriver(self) -> Callable[[str], str] | None:
-        """Derives each member's token (set-based path), or ``None`` when none is sent."""
+        """Derives each member's token, keyed once per apply; ``None`` when the plan sends
+        no change request or its key is erased."""
         key = self.record.token_key
         if not self.sends_request or key is None:
             return None
-        return token_deriver(key, self.plan.plan_id)
+        if self._derive is None:
+            self._derive = token_deriver(key, self.plan.plan_id)
+        return self._derive
 
     def _token(self, member_id: str) -> str:
         token = self._tokens.get(member_id)
         if token is None:
-            key = self.record.token_key
-            if key is None:  # erased: every notice was already out
+            derive = self._deriver()
+            if derive is None:  # erased: every notice was already out
                 raise InvalidTokenError
-            token = self._tokens[member_id] = derive_token(key, self.plan.plan_id, member_id)
+            token = self._tokens[member_id] = derive(member_id)
         return token
 
     def _event(self, action: str, member_id: str, at: datetime, detail: str = "") -> AuditEvent:

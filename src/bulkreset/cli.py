@@ -716,7 +716,7 @@ def _send_outbox(args: argparse.Namespace, service: ResetService) -> int:
             _out(f"  {report.withdrawn:,} change request(s) withdrawn: their links had died.")
         if report.stopped:
             _out("  Stopped: the SMTP server cannot be used now; run --send again later.")
-        waiting = len(getattr(service.notifier, "pending", list)())
+        waiting = service.notifier.pending_count()  # type: ignore[attr-defined]
         if waiting:
             _out(
                 f"  {waiting:,} notice(s) still pending: retried later, or for another "

@@ -34,6 +34,7 @@ when, and carries the password only when the policy asked for it
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import html
 import ipaddress
@@ -302,6 +303,12 @@ class MessageTemplates:
 _SECRET_PLACEHOLDER = re.compile(r"\$\{?(link|password_line|password)\b")
 
 
+@functools.cache
+def _default_templates() -> MessageTemplates:
+    """The built-in templates, checked once."""
+    return MessageTemplates()
+
+
 def _check_template(text: str, *, kind: NoticeKind, language: str) -> None:
     try:
         string.Template(text).substitute({})
@@ -363,9 +370,8 @@ def notice_email(
         recipient = _mail_address(notice.recipient, what="the recipient")
     except ValueError:
         raise PermanentDeliveryError("not one mail address") from None
-    subject, text, body = (templates or MessageTemplates()).render(
-        notice, link_template=link_template, zone=zone
-    )
+    templates = templates or _default_templates()
+    subject, text, body = templates.render(notice, link_template=link_template, zone=zone)
     message = EmailMessage()
     message["From"] = sender
     message["To"] = recipient
@@ -376,9 +382,7 @@ def notice_email(
     message.set_content(text)
     message.add_alternative(f"<!DOCTYPE html>\n<html><body>\n{body}</body></html>\n", "html")
     # after the parts: making a multipart moves Content-* headers into the first part
-    message["Content-Language"] = (templates or MessageTemplates()).language(
-        notice.kind, notice.locale
-    )
+    message["Content-Language"] = templates.language(notice.kind, notice.locale)
     return message
 
 
@@ -453,7 +457,7 @@ class SmtpTransport:
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.link_template = link_template
-        self.templates = templates or MessageTemplates()
+        self.templates = templates or _default_templates()
         self.zone = zone
         self._envelope_sender = envelope_sender
         self._smtp: smtplib.SMTP | None = None
@@ -510,11 +514,12 @@ class SmtpTransport:
                 message; the notice has no usable mail address; or the address
                 needs SMTPUTF8 and the server does not offer it.
         """
-        message = self.message(notice)
-        recipient = _envelope_address(str(message["To"]))
+        message = self.message(notice)  # its To is one checked address (notice_email)
         smtp = self._connection()
         try:
-            smtp.send_message(message, from_addr=self._envelope_sender, to_addrs=[recipient])
+            smtp.send_message(
+                message, from_addr=self._envelope_sender, to_addrs=[str(message["To"])]
+            )
         except smtplib.SMTPSenderRefused as exc:
             self._drop()
             raise _stop(_reply_error(exc.smtp_code)) from None
@@ -611,10 +616,6 @@ def _mail_address(text: str, *, what: str) -> str:
         except UnicodeError:
             raise ValueError(f"{what} has a domain that cannot be encoded") from None
     return f"{local}@{domain}"
-
-
-def _envelope_address(text: str) -> str:
-    return _mail_address(text, what="the recipient")
 
 
 def _reply_error(code: int) -> TemporaryDeliveryError | PermanentDeliveryError:

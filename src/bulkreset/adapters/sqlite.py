@@ -1173,8 +1173,16 @@ class SqliteOutbox:
         self._clock = clock or system_clock
 
     def __repr__(self) -> str:
+        return f"<SqliteOutbox {self.pending_count()} pending>"
+
+    def pending_count(self) -> int:
+        """How many notices are not yet delivered, failed or withdrawn (one query).
+
+        Raises:
+            StorageError: SQLite failed.
+        """
         rows = self._db.select(f"SELECT count(*) FROM outbox WHERE {_PENDING}")  # noqa: S608
-        return f"<SqliteOutbox {rows[0][0]} pending>"
+        return int(rows[0][0])
 
     def send(self, notices: Sequence[Notice]) -> None:
         """Queue *notices*, in one transaction; a key already held is ignored.
