@@ -15,12 +15,15 @@ from argon2.profiles import CHEAPEST
 
 from bulkreset import Member, ResetService
 
+from .databases import SQLALCHEMY_STORES, database_engine, database_server  # noqa: F401
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-STORES = ["memory", "sqlite", "sqlite-ports"]
+STORES = ["memory", "sqlite", "sqlite-ports", "sqlalchemy-sqlite", "postgresql", "mariadb"]
 """The stores every service test runs on: ``sqlite`` plans and applies whole chunks in
 SQL (``SetBasedStorage``); ``sqlite-ports`` is the same store sent down the
-port-by-port path, so both paths of one store meet the same tests."""
+port-by-port path, so both paths of one store meet the same tests; the last three
+are the SQLAlchemy store over SQLite, PostgreSQL and MariaDB (see :mod:`tests.databases`)."""
 
 
 class FakeClock:
@@ -116,6 +119,13 @@ def make_service(
             from bulkreset.adapters.memory import open_service as open_memory
 
             return open_memory(members, clock=clock, hasher=cheap_hasher, **options)
+        if request.param in SQLALCHEMY_STORES:
+            from bulkreset.adapters.sqlalchemy import open_service as open_sqlalchemy
+
+            engine = request.getfixturevalue("database_engine")
+            service = open_sqlalchemy(engine, clock=clock, hasher=cheap_hasher, **options)
+            service.store.add_members(members)  # type: ignore[attr-defined]
+            return service
         from bulkreset.adapters.sqlite import open_service as open_sqlite
 
         service = open_sqlite(

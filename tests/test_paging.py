@@ -10,7 +10,7 @@ import argon2
 import pytest
 
 import bulkreset._applying
-import bulkreset.adapters.sqlite
+import bulkreset.adapters._sqlite_schema
 from bulkreset import (
     ALL,
     Member,
@@ -18,6 +18,7 @@ from bulkreset import (
     PagedSequence,
     ResetMode,
     ResetPolicy,
+    ResetService,
     ResultSummary,
 )
 from bulkreset.adapters.sqlite import SqliteStorage, open_service
@@ -70,16 +71,25 @@ def test_paged_sequence_behaves_like_a_tuple() -> None:
 @pytest.fixture
 def small_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Treat plans of more than 5 members as big, to exercise the paged paths cheaply."""
-    monkeypatch.setattr(bulkreset.adapters.sqlite, "IN_MEMORY_LIMIT", 5)
+    monkeypatch.setattr(bulkreset.adapters._sqlite_schema, "IN_MEMORY_LIMIT", 5)
     monkeypatch.setattr(bulkreset._applying, "IN_MEMORY_LIMIT", 5)
 
 
+def open_store(kind: str, path: Path, **options: Any) -> ResetService:
+    if kind == "sqlite":
+        return open_service(path, **options)
+    from bulkreset.adapters.sqlalchemy import open_service as open_sqlalchemy
+
+    return open_sqlalchemy(f"sqlite:///{path}", create_tables=True, **options)
+
+
 @pytest.mark.usefixtures("small_limit")
+@pytest.mark.parametrize("kind", ["sqlite", "sqlalchemy-sqlite"])
 def test_a_big_plan_and_its_result_are_read_from_the_store(
-    tmp_path: Path, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+    kind: str, tmp_path: Path, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
 ) -> None:
     """Sections are PagedSequences, outcomes a paged mapping; both read right."""
-    service = open_service(tmp_path / "big.db", clock=clock, hasher=cheap_hasher, chunk_size=4)
+    service = open_store(kind, tmp_path / "big.db", clock=clock, hasher=cheap_hasher, chunk_size=4)
     service.store.add_members(members(23))  # type: ignore[attr-defined]
     plan = service.plan(ALL, ResetPolicy(ResetMode.FORCE_CHANGE, new_password=PW), actor="admin")
     assert isinstance(plan.targets, PagedSequence)

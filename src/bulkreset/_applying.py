@@ -36,6 +36,7 @@ from ._model import (
 from ._tokens import derive_password, token_deriver, token_digest
 from .errors import InvalidTokenError, PlanInProgressError, RetryLaterError
 from .ports import (
+    ChunkClaim,
     ChunkRequest,
     CredentialWrite,
     EffectBatch,
@@ -109,9 +110,11 @@ class ApplyRun:
         progress: ProgressCallback | None,
         *,
         owner: str,
+        claim: ChunkClaim | None = None,
     ) -> None:
         self.service = service
         self.owner = owner
+        self.claim = claim  # a worker's chunk: its lease, not the plan's, fences the writes
         self.store = service.store
         self.record = record
         self.plan = record.plan
@@ -133,7 +136,14 @@ class ApplyRun:
         self.all_notified = False
         self.deferred = False  # the notifier asked to retry later: send no more now
         store = service.store
-        self.set_based = store if isinstance(store, SetBasedStorage) else None
+        # The set-based path renews the plan's lease inside its transaction: whole applies only.
+        whole = claim is None
+        self.set_based = store if whole and isinstance(store, SetBasedStorage) else None
+        # Each member's credential gets its own hash: generated passwords, or one shared
+        # password hashed once per member for a store that asks for it (SPEC §5).
+        self.own_hashes = self.settings.generate_passwords or (
+            self.force and bool(getattr(store, "hashes_each_member", False))
+        )
 
     @property
     def force(self) -> bool:
@@ -145,28 +155,37 @@ class ApplyRun:
 
     def execute(self) -> ResetResult:
         self._record_plan_exclusions()
-        total = len(self.plan.targets)
+        self._apply_targets(0, len(self.plan.targets))
+        self._tally(self.awaiting_revocation.values())
+        return self._result()
+
+    def execute_chunk(self, start: int, stop: int) -> ResultSummary:
+        """Apply targets ``[start, stop)`` only (a worker's chunk); their counts."""
+        self._apply_targets(start, stop)
+        self._tally(self.awaiting_revocation.values())
+        return ResultSummary(dict(self.counts), tuple(self.unfinished))
+
+    def _apply_targets(self, first: int, end: int) -> None:
+        total = end
         size = self.service._chunk_size
-        if self.settings.generate_passwords:
+        if self.own_hashes:
             # A hash takes ~0.1 s: small chunks keep progress (and a bar) moving every
             # second or so, and give the hashing pool 4 passwords a worker.
             workers = effective_workers(self.service.hasher, self.service.hash_workers)
             size = min(size, 4 * workers)
         elif self.set_based is not None:
             size = self.service._set_based_chunk
-        for start in range(0, total, size):
+        for start in range(first, total, size):
             stop = min(start + size, total)
             if self._apply_in_store(start, stop):
-                self._report(stop, total)
+                self._report(stop - first, total - first)
                 continue
             step = min(size, self.service._chunk_size)
             for part in range(start, stop, step):
                 self._apply_by_ports(self.plan.targets[part : min(part + step, stop)])
-                self._report(min(part + step, stop), total)
+                self._report(min(part + step, stop) - first, total - first)
         if self.force:
             self._retry_revocations()
-        self._tally(self.awaiting_revocation.values())
-        return self._result()
 
     def _report(self, done: int, total: int) -> None:
         if self.callback is not None:
@@ -196,7 +215,7 @@ class ApplyRun:
         failed for a reason other than a lost lease: the port-by-port path
         then does the chunk and isolates any failing member.
         """
-        if self.set_based is None or self.settings.generate_passwords or self.deferred:
+        if self.set_based is None or self.own_hashes or self.deferred:
             return False
         if self.sends_request and self.record.token_key is None:
             return False  # the key is erased: the port-by-port path says why
@@ -270,8 +289,19 @@ class ApplyRun:
                 self.secrets_needed = True
 
     def _renew_lease(self) -> None:
-        """Keep this apply's claim on the plan; stop if another apply took it over."""
+        """Keep this apply's claim on the plan (or chunk); stop if another took it over."""
         now = self.service._now()
+        if self.claim is not None:
+            store: Any = self.store  # a ChunkedStorage: the service checked
+            again = store.claim_chunk(
+                self.plan.plan_id, self.owner, now, now + LEASE, index=self.claim.index
+            )
+            if again is None:
+                raise PlanInProgressError(
+                    f"chunk {self.claim.index} of plan {self.plan.plan_id} was taken over by "
+                    "another worker; this one stopped"
+                )
+            return
         if not self.store.claim_plan(self.plan.plan_id, self.owner, now, now + LEASE):
             raise PlanInProgressError(
                 f"plan {self.plan.plan_id} was taken over by another apply; this one stopped"
@@ -324,8 +354,8 @@ class ApplyRun:
                 row = MemberOutcome(member.member_id, Outcome.REQUESTED, login_id=member.login_id)
                 event = self._event("member.requested", member.member_id, now)
             writes.append((member, row, write, event))
-        if self.settings.generate_passwords:
-            writes = self._with_generated_passwords(writes)
+        if self.own_hashes:
+            writes = self._with_own_hashes(writes)
         try:
             self._commit(writes, now)
         except PlanInProgressError:
@@ -346,10 +376,17 @@ class ApplyRun:
                     )
                     self.failed[failed.member_id] = failed
 
-    def _with_generated_passwords(self, writes: list[_Write]) -> list[_Write]:
-        """Give each reset its own derived password, hashed in parallel across cores."""
+    def _with_own_hashes(self, writes: list[_Write]) -> list[_Write]:
+        """Give each reset its own hash (its derived password, or the plan's one password
+        with a salt of its own), hashed in parallel across cores."""
         resets = [i for i, (_, _, write, _) in enumerate(writes) if write is not None]
-        passwords = [self._password(writes[i][0].member_id) for i in resets]
+        if self.settings.generate_passwords:
+            passwords = [self._password(writes[i][0].member_id) for i in resets]
+        else:
+            shared = self.record.password
+            if shared is None and resets:  # erased: the plan's members all have theirs
+                raise InvalidTokenError
+            passwords = [shared or ""] * len(resets)
         hashes = hash_many(passwords, hasher=self.service.hasher, workers=self.service.hash_workers)
         for i, password_hash in zip(resets, hashes, strict=True):
             member, row, write, event = writes[i]

@@ -27,6 +27,7 @@ __all__ = [
     "ALL",
     "AuditEvent",
     "AuthResult",
+    "ChunkResult",
     "Exclusion",
     "ExclusionReason",
     "Member",
@@ -753,6 +754,39 @@ class ResultSummary:
             if is_unfinished(outcome):
                 unfinished.append(outcome.member_id)
         return cls(dict(counts), tuple(unfinished))
+
+
+@attrs.frozen
+class ChunkResult:
+    """What one ``ResetService.apply_chunk`` call did: one chunk of a plan's targets.
+
+    Attributes:
+        plan_id: The plan.
+        index: The chunk's number (0-based).
+        start: First target index of the chunk (plan order).
+        stop: One past its last target index.
+        counts: The chunk's targets per :class:`Outcome` (none absent when zero).
+        unfinished: IDs of the chunk's unfinished targets (see :func:`is_unfinished`).
+        chunks_left: Chunks of the plan not yet done after this one.
+        result: The whole plan's :class:`ResetResult` when this call finished
+            the plan's last chunk and then the plan; otherwise ``None``.
+        taken_over: The chunk had been claimed before by a worker that did
+            not finish it (a crash, or a lease that ran out).
+    """
+
+    plan_id: str
+    index: int
+    start: int
+    stop: int
+    counts: Mapping[Outcome, int]
+    unfinished: tuple[str, ...] = ()
+    chunks_left: int = 0
+    result: ResetResult | None = None
+    taken_over: bool = False
+
+    def count(self, outcome: Outcome) -> int:
+        """How many of the chunk's targets ended with *outcome*."""
+        return self.counts.get(outcome, 0)
 
 
 @attrs.frozen

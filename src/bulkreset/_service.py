@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from ._model import (
     ALL,
     AuditEvent,
     AuthResult,
+    ChunkResult,
     Member,
     MemberStatus,
     PlanSettings,
@@ -44,8 +46,8 @@ from .errors import (
     PlanNotFoundError,
     StalePlanError,
 )
-from .ports import Credential as _Credential
 from .ports import (
+    ChunkedStorage,
     CredentialWrite,
     Notifier,
     PlanRecord,
@@ -54,6 +56,7 @@ from .ports import (
     SetBasedStorage,
     Storage,
 )
+from .ports import Credential as _Credential
 
 __all__ = ["ProgressCallback", "ResetService"]
 
@@ -276,7 +279,8 @@ class ResetService:
             policy.rules.check(policy.new_password)  # the login-ID rule is checked below
             folded_password = fold_login(policy.new_password)
             password_hash = self._hash(policy.new_password)
-            if policy.deliver_password:
+            if policy.deliver_password or getattr(self.store, "hashes_each_member", False):
+                # kept (SPEC §5) until every notice is out, or every member has their own hash
                 password = policy.new_password
         if not force or policy.follow_with_request or policy.generate_passwords:
             token_key = secrets.token_bytes(32)  # derives tokens and generated passwords
@@ -433,6 +437,137 @@ class ResetService:
                 record.plan.plan_id, owner, finished_at=finished, erase_secrets=all_notified
             )
         return result
+
+    # ------------------------------------------------------------------ workers
+
+    def _chunked_store(self) -> ChunkedStorage:
+        if not isinstance(self.store, ChunkedStorage):
+            raise InvalidInputError(
+                f"{type(self.store).__name__} cannot split plans among workers; use a store "
+                "that can (bulkreset.adapters.sqlalchemy), or apply() the plan whole"
+            )
+        return self.store
+
+    def _checked_for_work(self, plan: ResetPlan | str, confirm: str | None) -> PlanRecord:
+        """The plan's record, after the checks every apply makes before changing anything."""
+        record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
+        if not _planning.codes_match(confirm, record.plan.confirmation):
+            raise ConfirmationError("the confirmation code does not match the plan")
+        self._authorize(record.plan.actor)  # still an active administrator?
+        settings = record.plan.settings
+        if settings.generate_passwords and not settings.deliver_password:
+            raise InvalidInputError(
+                "a plan that generates passwords hands them over in a file: apply() it whole"
+            )
+        if record.started_at is None and self._now() >= record.plan.expires_at:
+            raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
+        return record
+
+    def split(
+        self, plan: ResetPlan | str, *, confirm: str | None, chunk_size: int | None = None
+    ) -> int:
+        """Split a confirmed plan into chunks that workers apply with :meth:`apply_chunk`.
+
+        Splitting starts the plan (so it no longer expires) and changes no
+        member. Splitting again keeps the chunks already made. A plan split
+        into chunks can still be applied whole with :meth:`apply`, which
+        waits for no worker: it refuses while a worker holds a chunk, and
+        workers get no chunk while it runs.
+
+        Args:
+            plan: The :class:`ResetPlan` or its ID.
+            confirm: The plan's confirmation code (R7).
+            chunk_size: Targets per chunk (default: the service's
+                ``chunk_size``, 1,000). A chunk is one task's work: each
+                takes a few seconds at the default size.
+
+        Returns:
+            How many chunks the plan has.
+
+        Raises:
+            InvalidInputError: the store cannot split plans (it is not a
+                :class:`~bulkreset.ports.ChunkedStorage`), *chunk_size* is not
+                a whole number of at least 1, or the plan generates
+                passwords for a hand-off file (apply those whole).
+            PlanNotFoundError, ConfirmationError, StalePlanError,
+            AuthorizationError: as :meth:`apply`.
+        """
+        store = self._chunked_store()
+        if chunk_size is not None and (
+            not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+        ):
+            raise InvalidInputError("chunk_size must be a whole number of at least 1")
+        record = self._checked_for_work(plan, confirm)
+        size = chunk_size or self._chunk_size
+        total = len(record.plan.targets)
+        bounds = [(start, min(start + size, total)) for start in range(0, total, size)]
+        return store.split_plan(record.plan.plan_id, bounds, self._now())
+
+    def apply_chunk(
+        self,
+        plan: ResetPlan | str,
+        *,
+        confirm: str | None,
+        chunk: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ChunkResult | None:
+        """Apply one chunk of a plan split with :meth:`split`: what a worker's task calls.
+
+        Claims the chunk (*chunk*, or the first free one) with a lease of
+        2 minutes renewed as it goes, so many workers on many machines work
+        on one plan at once without ever applying a member twice; a chunk
+        whose worker crashed is free again once its lease lapses, and the
+        next claim takes it over and resumes it exactly as :meth:`apply`
+        resumes a plan. The worker that finishes the last chunk then
+        finishes the plan itself (the plan's exclusions, its completion
+        time, erasing its secrets) and returns the whole :class:`ResetResult`.
+
+        Args:
+            plan: The :class:`ResetPlan` or its ID.
+            confirm: The plan's confirmation code (R7).
+            chunk: The chunk to apply, or ``None`` for the first free one.
+            progress: Called as ``progress(done, total)`` within the chunk.
+
+        Returns:
+            A :class:`ChunkResult`, or ``None`` when no chunk is free (all
+            done, held by other workers, or the plan is being applied whole).
+
+        Raises:
+            InvalidInputError: the store cannot split plans.
+            PlanInProgressError: the chunk's lease was lost to another worker
+                mid-way (this worker stopped; the other carries on).
+            PlanNotFoundError, ConfirmationError, StalePlanError,
+            AuthorizationError: as :meth:`apply`.
+        """
+        store = self._chunked_store()
+        record = self._checked_for_work(plan, confirm)
+        plan_id = record.plan.plan_id
+        owner = secrets.token_hex(8)
+        now = self._now()
+        claim = store.claim_chunk(plan_id, owner, now, now + LEASE, index=chunk)
+        if claim is None:
+            return None
+        run = ApplyRun(self, record, progress, owner=owner, claim=claim)
+        summary = run.execute_chunk(claim.start, claim.stop)
+        store.finish_chunk(plan_id, claim.index, owner, self._now())
+        left, _ = store.chunks_left(plan_id)
+        result = None
+        if left == 0:
+            # Every member has been worked on: this resumes nothing, it finishes. Another
+            # worker finishing at the same time may do it instead.
+            with contextlib.suppress(PlanInProgressError):
+                result = self.apply(plan_id, confirm=confirm)
+        return ChunkResult(
+            plan_id=plan_id,
+            index=claim.index,
+            start=claim.start,
+            stop=claim.stop,
+            counts=summary.counts,
+            unfinished=summary.unfinished,
+            chunks_left=left,
+            result=result,
+            taken_over=claim.taken_over,
+        )
 
     # ------------------------------------------------------------------ member flows
 

@@ -37,8 +37,10 @@ from ._model import (
 )
 
 __all__ = [
+    "ChunkClaim",
     "ChunkRequest",
     "ChunkTally",
+    "ChunkedStorage",
     "Credential",
     "CredentialWrite",
     "EffectBatch",
@@ -243,6 +245,28 @@ class ChunkTally:
     events: tuple[AuditEvent, ...] = ()
 
 
+@attrs.frozen
+class ChunkClaim:
+    """One chunk of a plan's targets, leased to one worker by :meth:`ChunkedStorage.claim_chunk`.
+
+    Attributes:
+        plan_id: The plan.
+        index: The chunk's number (0-based).
+        start: First target index of the chunk (0-based, plan order).
+        stop: One past the last target index.
+        owner: The worker's lease (a fencing token for :class:`EffectBatch`).
+        taken_over: An earlier worker claimed it before (and crashed or
+            was too slow): its effects may be partly written.
+    """
+
+    plan_id: str
+    index: int
+    start: int
+    stop: int
+    owner: str
+    taken_over: bool = False
+
+
 class PlanWriter(Protocol):
     """Writes one new plan: its entries, a page at a time, then its record."""
 
@@ -427,3 +451,45 @@ class SetBasedStorage(Protocol):
             PlanInProgressError: ``request.owner`` no longer holds the lease.
             Exception: anything a port raised; nothing is written.
         """
+
+
+@runtime_checkable
+class ChunkedStorage(Protocol):
+    """Optional: a store that splits plans into chunks many workers apply at once.
+
+    ``ResetService.split`` and ``ResetService.apply_chunk`` need it. A chunk
+    lease fences writes like the plan's lease: :meth:`Storage.commit`
+    accepts a batch whose ``owner`` holds the plan's lease *or* a lease on one
+    of its chunks. While any chunk lease is live, :meth:`Storage.claim_plan`
+    fails; while the plan's lease is live, :meth:`claim_chunk` returns
+    ``None``: a whole-plan apply and chunk workers never run at once.
+    """
+
+    def split_plan(self, plan_id: str, bounds: Sequence[tuple[int, int]], now: datetime) -> int:
+        """Store the plan's chunks (``[start, stop)`` target ranges, in order) unless it
+        has some; mark the plan started. Returns how many chunks the plan has.
+
+        Raises:
+            PlanNotFoundError: no such plan.
+        """
+
+    def claim_chunk(
+        self,
+        plan_id: str,
+        owner: str,
+        now: datetime,
+        until: datetime,
+        *,
+        index: int | None = None,
+    ) -> ChunkClaim | None:
+        """Lease chunk *index* (or the first free one) to *owner* until *until*.
+
+        Free: not done, and its lease unset, expired, or *owner*'s already.
+        Two workers never hold one chunk at once. ``None`` when no chunk is free.
+        """
+
+    def finish_chunk(self, plan_id: str, index: int, owner: str, at: datetime) -> bool:
+        """Mark the chunk done and drop the lease; ``False`` if *owner* lost it first."""
+
+    def chunks_left(self, plan_id: str) -> tuple[int, int]:
+        """``(chunks not yet done, all chunks)``; ``(0, 0)`` for a plan never split."""

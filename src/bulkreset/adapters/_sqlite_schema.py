@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from .._clock import from_iso, to_iso
 from .._model import (
+    IN_MEMORY_LIMIT,
     Exclusion,
     ExclusionReason,
     Member,
+    PagedSequence,
     PlanEntry,
     PlanSettings,
     PlanWarning,
@@ -33,11 +36,13 @@ from .._model import (
 from ..errors import StorageError
 
 __all__ = [
+    "MEMBER_COLUMNS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "member_from_row",
     "member_to_row",
     "migrate",
+    "plan_from_header",
     "plan_from_json",
     "plan_to_json",
 ]
@@ -282,6 +287,21 @@ def _version(conn: sqlite3.Connection) -> int:
 # members ---------------------------------------------------------------------
 
 
+MEMBER_COLUMNS = (
+    "member_id",
+    "login_id",
+    "name",
+    "sign_in",
+    "mobile_phone",
+    "personal_email",
+    "status",
+    "role",
+    "locale",
+    "login_key",
+)
+"""The fields of :func:`member_to_row`, in order."""
+
+
 def member_to_row(member: Member) -> tuple[str | None, ...]:
     """The ``members`` row of *member*: ``member_id`` ... ``role``, ``locale``, ``login_key``."""
     return (
@@ -387,6 +407,38 @@ def entry_row(
         entry.reason.value if entry.reason else None,
         entry.warning.value if entry.warning else None,
         *snapshot,
+    )
+
+
+def plan_from_header(body: str, fetch: Callable[[int, int, int], Sequence[Any]]) -> ResetPlan:
+    """The plan whose header :func:`plan_header_to_json` wrote, its sections read on demand.
+
+    ``fetch(section, start, stop)`` reads entries ``[start, stop)`` of a
+    section (0 targets, 1 exclusions, 2 warnings). Small plans are read
+    whole now; big ones become :class:`~bulkreset.PagedSequence`\\ s.
+    """
+    header = json.loads(body)
+    if "targets" in header:  # stored before schema version 4: members inline
+        return plan_from_json(body)
+    targets, excluded, warnings = header["counts"]
+    sections: tuple[Sequence[Member], Sequence[Exclusion], Sequence[PlanWarning]] = (
+        PagedSequence(targets, partial(fetch, 0)),
+        PagedSequence(excluded, partial(fetch, 1)),
+        PagedSequence(warnings, partial(fetch, 2)),
+    )
+    if targets + excluded <= IN_MEMORY_LIMIT:  # small: read it all now
+        sections = (tuple(sections[0]), tuple(sections[1]), tuple(sections[2]))
+    return ResetPlan(
+        plan_id=header["plan_id"],
+        mode=ResetMode(header["mode"]),
+        created_at=from_iso(header["created_at"]),
+        actor=header["actor"],
+        targets=sections[0],
+        excluded=sections[1],
+        warnings=sections[2],
+        precautions=tuple(header["precautions"]),
+        confirmation=header["confirmation"],
+        settings=PlanSettings.from_json(header["settings"]),
     )
 
 

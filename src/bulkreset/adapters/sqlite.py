@@ -28,8 +28,7 @@ import os
 import secrets
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
@@ -37,11 +36,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import argon2
-import attrs
 
 from .._clock import Clock, from_iso, read_clock, system_clock, to_iso, to_utc
 from .._model import (
-    IN_MEMORY_LIMIT,
     AuditEvent,
     Exclusion,
     ExclusionReason,
@@ -50,21 +47,16 @@ from .._model import (
     Notice,
     NoticeKind,
     Outcome,
-    PagedSequence,
     PlanEntry,
     PlanSettings,
     PlanWarning,
     ResetMode,
-    ResetPlan,
     WarningKind,
 )
 from .._service import ResetService
-from .._tokens import token_digest, token_is_live
 from ..errors import (
-    DeliveryError,
     InvalidInputError,
     PasswordPolicyError,
-    PermanentDeliveryError,
     PlanInProgressError,
     PlanNotFoundError,
     StorageError,
@@ -82,6 +74,7 @@ from ..ports import (
 )
 from . import _sqlite_bulk as bulk
 from . import _sqlite_schema as schema
+from ._delivery import DeliveryReport, OutboxDelivery, Transport, outbox_status
 
 __all__ = [
     "DeliveryReport",
@@ -94,11 +87,6 @@ __all__ = [
 
 BUSY_TIMEOUT = timedelta(seconds=30)
 """How long a write waits for another connection's write lock."""
-
-_DELIVERY_LEASE = timedelta(minutes=5)
-
-Transport = Callable[[Notice], object]
-"""Delivers one :class:`~bulkreset.Notice` (SMTP, SMS, a host's queue); raising means it failed."""
 
 
 def _encodable(text: object) -> bool:
@@ -696,7 +684,7 @@ class SqliteStorage:
             return None
         body, password_hash, password, token_key, started_at, finished_at = rows[0]
         return PlanRecord(
-            self._parse_plan(body),
+            schema.plan_from_header(body, partial(self._plan_section, plan_id)),
             password_hash=password_hash,
             password=password,
             token_key=None if token_key is None else bytes(token_key),
@@ -704,31 +692,9 @@ class SqliteStorage:
             finished_at=_parse(finished_at),
         )
 
-    def _parse_plan(self, body: str) -> ResetPlan:
-        header = json.loads(body)
-        if "targets" in header:  # stored before schema version 4: members inline
-            return schema.plan_from_json(body)
-        plan_id = header["plan_id"]
-        targets, excluded, warnings = header["counts"]
-        sections: tuple[Sequence[Member], Sequence[Exclusion], Sequence[PlanWarning]] = (
-            PagedSequence(targets, partial(self._plan_targets, plan_id)),
-            PagedSequence(excluded, partial(self._plan_excluded, plan_id)),
-            PagedSequence(warnings, partial(self._plan_warnings, plan_id)),
-        )
-        if targets + excluded <= IN_MEMORY_LIMIT:  # small: read it all now
-            sections = (tuple(sections[0]), tuple(sections[1]), tuple(sections[2]))
-        return ResetPlan(
-            plan_id=plan_id,
-            mode=ResetMode(header["mode"]),
-            created_at=from_iso(header["created_at"]),
-            actor=header["actor"],
-            targets=sections[0],
-            excluded=sections[1],
-            warnings=sections[2],
-            precautions=tuple(header["precautions"]),
-            confirmation=header["confirmation"],
-            settings=PlanSettings.from_json(header["settings"]),
-        )
+    def _plan_section(self, plan_id: str, section: int, start: int, stop: int) -> list[Any]:
+        fetch = (self._plan_targets, self._plan_excluded, self._plan_warnings)[section]
+        return fetch(plan_id, start, stop)
 
     def _plan_rows(
         self, columns: str, index: str, plan_id: str, start: int, stop: int
@@ -1080,33 +1046,6 @@ class SqliteStorage:
 # outbox ------------------------------------------------------------------------
 
 
-@attrs.frozen
-class DeliveryReport:
-    """What one :meth:`SqliteOutbox.deliver` call did.
-
-    Attributes:
-        delivered: How many notices the transport took.
-        failed: ``(idempotency_key, reason)`` per notice that failed for good
-            (the transport raised :class:`~bulkreset.errors.PermanentDeliveryError`,
-            for example ``"SMTP 550"``); it is never tried again.
-        deferred: ``(idempotency_key, reason)`` per notice whose delivery
-            failed for now (any other exception; the reason is a reply code
-            or the exception's type, never its message, which could quote a
-            secret); it stays pending and is retried after a backoff.
-        withdrawn: How many change requests were withdrawn instead of sent,
-            because their token died (superseded, used, expired, or the
-            password changed): a dead link is never delivered.
-        stopped: The transport said its server is unusable
-            (``DeliveryError.stop_run``): the run stopped early.
-    """
-
-    delivered: int = 0
-    failed: tuple[tuple[str, str], ...] = ()
-    deferred: tuple[tuple[str, str], ...] = ()
-    withdrawn: int = 0
-    stopped: bool = False
-
-
 _NOTICE_SELECT = (
     "SELECT member_id, kind, token, password, expires_at, idempotency_key, recipient, actor,"
     " issued_at, plan_id, name, locale, phone FROM outbox "
@@ -1140,19 +1079,7 @@ def notice_from_row(row: Sequence[Any]) -> Notice:
     )
 
 
-def _status(
-    delivered_at: str | None, withdrawn_at: str | None, failed_at: str | None, attempts: int
-) -> str:
-    if delivered_at is not None:
-        return "delivered"
-    if withdrawn_at is not None:
-        return "withdrawn"
-    if failed_at is not None:
-        return "failed"
-    return "deferred" if attempts else "pending"
-
-
-class SqliteOutbox:
+class SqliteOutbox(OutboxDelivery):
     """The :class:`~bulkreset.ports.Notifier` port as an outbox table in the store's file.
 
     :meth:`send` only records notices (a transactional outbox); :meth:`deliver`
@@ -1237,18 +1164,6 @@ class SqliteOutbox:
         notices = [notice_from_row(r) for r in rows]
         return [n for n in notices if self._link_is_live(n, now)]
 
-    def _link_is_live(self, notice: Notice, now: datetime) -> bool:
-        """True unless *notice* carries a reset token this file knows to be dead."""
-        if notice.token is None:
-            return True
-        digest = token_digest(notice.token)
-        record = self._store.find_token(digest)
-        if record is None:  # issued by another store: not this file's to judge
-            return True
-        credential = self._store.get_credentials([record.member_id]).get(record.member_id)
-        generation = credential.generation if credential else 0
-        return token_is_live(record, digest=digest, generation=generation, now=now)
-
     def delivered(self) -> list[Notice]:
         """Delivered notices, oldest first; their token and password are erased.
 
@@ -1290,172 +1205,68 @@ class SqliteOutbox:
                 "attempts": r[6],
                 "last_error": r[7],
                 "retry_at": _parse(r[10]) if r[6] and r[5] is None else None,
-                "status": _status(r[5], r[8], r[9], r[6]),
+                "status": outbox_status(r[5], r[8], r[9], r[6]),
             }
             for r in rows
         ]
 
-    def deliver(
-        self,
-        transport: Transport,
-        *,
-        limit: int | None = None,
-        rate: float | None = None,
-        backoff: timedelta = timedelta(minutes=1),
-        max_backoff: timedelta = timedelta(hours=6),
-        max_attempts: int = 30,
-        only: Callable[[Notice], bool] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> DeliveryReport:
-        """Hand pending notices to *transport*, oldest first, one at a time.
+    # the rows the shared delivery loop (OutboxDelivery.deliver) works on
 
-        Before each call the row is claimed for a few minutes, so another
-        process delivering the same outbox at once skips it: no notice is
-        handed over twice. After the transport returns, one transaction marks
-        the notice delivered and erases its token and password; it is never
-        delivered again. (A crash between the two hands it over once more
-        later, with the same idempotency key and ``Message-ID``.)
-
-        When the transport raises
-        :class:`~bulkreset.errors.PermanentDeliveryError` (a 5xx reply, a
-        refused recipient), the notice is marked failed, its secrets erased,
-        and the others still go. Any other exception (a 4xx reply, a dropped
-        connection) leaves it pending, retried no sooner than ``backoff ×
-        2^(attempts - 1)`` later (at most *max_backoff*): exponential backoff;
-        after *max_attempts* attempts it is marked failed instead. An error
-        with ``stop_run`` set (the server is unusable) ends the run.
-
-        Args:
-            transport: Called with each :class:`~bulkreset.Notice`
-                (an :class:`~bulkreset.adapters.smtp.SmtpTransport`, say).
-            limit: Deliver at most this many notices (default: all due).
-            rate: At most this many notices a second (default: no limit; at
-                least one an hour).
-            backoff: The first retry delay.
-            max_backoff: The longest retry delay.
-            max_attempts: Attempts before a notice that keeps failing for
-                now is given up (marked failed, its secret erased).
-            only: Deliver only the notices it accepts (for example
-                ``SmtpTransport.accepts``: those with a mail address); the
-                others stay pending for another channel.
-            sleep: Waits between notices to keep to *rate* (tests pass a fake).
-
-        Returns:
-            A :class:`DeliveryReport`.
-
-        Raises:
-            InvalidInputError: *limit* is negative, *rate* not positive, or a
-                backoff not positive.
-            StorageError: SQLite failed.
-        """
-        if limit is not None and limit < 0:
-            raise InvalidInputError("limit must not be negative")
-        if rate is not None and not 1 / 3600 <= rate < float("inf"):
-            raise InvalidInputError("rate must be between one notice an hour and infinity")
-        if backoff <= timedelta(0) or max_backoff < backoff:
-            raise InvalidInputError("backoff must be positive and at most max_backoff")
-        if max_attempts < 1:
-            raise InvalidInputError("max_attempts must be at least 1")
-        now = read_clock(self._clock)
+    def _due(self, now: datetime, limit: int | None) -> list[tuple[int, int, Notice]]:
         rows = self._db.select(
             _NOTICE_SELECT.replace("SELECT ", "SELECT seq, attempts, ", 1)
             + f"WHERE {_PENDING} AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
             "ORDER BY seq LIMIT ?",
             (to_iso(now), -1 if limit is None else limit),
         )
-        interval = 1.0 / rate if rate is not None else 0.0
-        last_sent: float | None = None
-        delivered = withdrawn = 0
-        failed: list[tuple[str, str]] = []
-        deferred: list[tuple[str, str]] = []
-        stopped = False
-        for row in rows:
-            seq, attempts, notice = row[0], row[1], notice_from_row(row[2:])
-            if only is not None and not only(notice):
-                continue
-            if last_sent is not None and interval:
-                wait = last_sent + interval - time.monotonic()
-                if wait > 0:
-                    sleep(wait)  # before the claim: the claim covers the send alone
-            if not self._claim(seq):
-                continue
-            if not self._link_is_live(notice, now):
-                self._withdraw(seq)
-                withdrawn += 1
-                continue
-            last_sent = time.monotonic()
-            try:
-                transport(notice)
-            except PermanentDeliveryError as exc:
-                self._fail(seq, str(exc))
-                failed.append((notice.idempotency_key, str(exc)))
-                continue
-            except Exception as exc:
-                reason = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__
-                if attempts + 1 >= max_attempts:
-                    reason = f"gave up after {attempts + 1} attempts ({reason})"
-                    self._fail(seq, reason)
-                    failed.append((notice.idempotency_key, reason))
-                    continue
-                delay = max_backoff if attempts >= 40 else min(backoff * 2**attempts, max_backoff)
-                self._defer(seq, reason, read_clock(self._clock) + delay)
-                deferred.append((notice.idempotency_key, reason))
-                if getattr(exc, "stop_run", False):
-                    stopped = True
-                    break
-                continue
-            except BaseException:
-                self._release(seq)
-                raise
-            with self._db.write() as conn:
-                conn.execute(
-                    "UPDATE outbox SET delivered_at = ?, token = NULL, password = NULL, "
-                    "next_attempt_at = NULL, last_error = NULL "
-                    "WHERE seq = ? AND delivered_at IS NULL",
-                    (to_iso(read_clock(self._clock)), seq),
-                )
-            delivered += 1
-        return DeliveryReport(delivered, tuple(failed), tuple(deferred), withdrawn, stopped)
+        return [(row[0], row[1], notice_from_row(row[2:])) for row in rows]
 
-    def _fail(self, seq: int, reason: str) -> None:
+    def _claim(self, ref: int, now: datetime, until: datetime) -> bool:
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                f"UPDATE outbox SET next_attempt_at = ? WHERE seq = ? AND {_PENDING} "  # noqa: S608
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+                (to_iso(until), ref, to_iso(now)),
+            )
+            return cursor.rowcount == 1
+
+    def _mark_delivered(self, ref: int, at: datetime) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET delivered_at = ?, token = NULL, password = NULL, "
+                "next_attempt_at = NULL, last_error = NULL "
+                "WHERE seq = ? AND delivered_at IS NULL",
+                (to_iso(at), ref),
+            )
+
+    def _fail(self, ref: int, reason: str, at: datetime) -> None:
         with self._db.write() as conn:
             conn.execute(
                 "UPDATE outbox SET failed_at = ?, last_error = ?, attempts = attempts + 1, "
                 "token = NULL, password = NULL, next_attempt_at = NULL "
                 "WHERE seq = ? AND delivered_at IS NULL",
-                (to_iso(read_clock(self._clock)), reason, seq),
+                (to_iso(at), reason, ref),
             )
 
-    def _defer(self, seq: int, reason: str, retry_at: datetime) -> None:
+    def _defer(self, ref: int, reason: str, retry_at: datetime) -> None:
         with self._db.write() as conn:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
                 "next_attempt_at = ? WHERE seq = ? AND delivered_at IS NULL",
-                (reason, to_iso(retry_at), seq),
+                (reason, to_iso(retry_at), ref),
             )
 
-    def _release(self, seq: int) -> None:
-        """Interrupted (Ctrl-C): give the claim back, count nothing."""
+    def _release(self, ref: int) -> None:
         with self._db.write() as conn:
-            conn.execute("UPDATE outbox SET next_attempt_at = NULL WHERE seq = ?", (seq,))
+            conn.execute("UPDATE outbox SET next_attempt_at = NULL WHERE seq = ?", (ref,))
 
-    def _withdraw(self, seq: int) -> None:
+    def _withdraw(self, ref: int, at: datetime) -> None:
         with self._db.write() as conn:
             conn.execute(
                 "UPDATE outbox SET withdrawn_at = ?, token = NULL, password = NULL, "
                 "next_attempt_at = NULL WHERE seq = ?",
-                (to_iso(read_clock(self._clock)), seq),
+                (to_iso(at), ref),
             )
-
-    def _claim(self, seq: int) -> bool:
-        now = read_clock(self._clock)
-        with self._db.write() as conn:
-            cursor = conn.execute(
-                f"UPDATE outbox SET next_attempt_at = ? WHERE seq = ? AND {_PENDING} "  # noqa: S608
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
-                (to_iso(now + _DELIVERY_LEASE), seq, to_iso(now)),
-            )
-            return cursor.rowcount == 1
 
 
 # sessions ----------------------------------------------------------------------

@@ -1,0 +1,408 @@
+"""What only the SQLAlchemy store does: a host's users table, chunks for workers, engines.
+
+Run over SQLite, PostgreSQL and MariaDB (servers from ``tests/databases.py``).
+The behaviour it shares with every store is in ``test_store_contract.py``
+and ``test_service.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import argon2
+import pytest
+import sqlalchemy as sa
+
+from bulkreset import ALL, Member, Outcome, ResetMode, ResetPolicy, ResetService
+from bulkreset.adapters.sqlalchemy import (
+    SqlAlchemyStorage,
+    UsersTable,
+    metadata,
+    open_service,
+)
+from bulkreset.errors import (
+    ConfirmationError,
+    InvalidInputError,
+    PlanInProgressError,
+    StorageError,
+)
+
+from .conftest import FakeClock, directory
+
+DATABASES = ["sqlalchemy-sqlite", "postgresql", "mariadb"]
+PW = "Harbor 42 lanterns"
+OWN = "my own secret passphrase 7"
+
+host = sa.MetaData()
+app_users = sa.Table(
+    "app_users",
+    host,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(256), nullable=False),
+    sa.Column("email_key", sa.String(256)),
+    sa.Column("display_name", sa.String(256), nullable=False, server_default=""),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="password"),
+    sa.Column("phone", sa.String(64)),
+    sa.Column("recovery_email", sa.String(256)),
+    sa.Column("state", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("role", sa.String(16), nullable=False, server_default="member"),
+    sa.Column("pw_hash", sa.Text),
+    sa.Column("plan_tier", sa.String(16), nullable=False, server_default="free"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+
+def mapping(**options: Any) -> UsersTable:
+    return UsersTable(
+        app_users,
+        member_id="id",
+        login_id="email",
+        name="display_name",
+        sign_in="kind",
+        mobile_phone="phone",
+        personal_email="recovery_email",
+        status="state",
+        role="role",
+        **options,
+    )
+
+
+@pytest.fixture(params=DATABASES)
+def engine(request: pytest.FixtureRequest) -> sa.Engine:
+    engine: sa.Engine = request.getfixturevalue("database_engine")
+    host.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(app_users.delete())
+    return engine
+
+
+def host_service(
+    engine: sa.Engine, clock: FakeClock, hasher: argon2.PasswordHasher, **options: Any
+) -> ResetService:
+    service = open_service(
+        engine, users=mapping(**options), clock=clock, hasher=hasher, sleep=clock.sleep
+    )
+    service.store.add_members(directory())  # type: ignore[attr-defined]
+    return service
+
+
+def host_rows(engine: sa.Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {row.id: row for row in conn.execute(sa.select(app_users))}
+
+
+def force(**options: Any) -> ResetPolicy:
+    return ResetPolicy(ResetMode.FORCE_CHANGE, new_password=PW, **options)
+
+
+# ----------------------------------------------------------------- a host's users table
+
+
+def test_members_live_in_the_hosts_table(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """add_members fills the mapped columns (others keep their defaults); bulkreset's own
+    members table stays empty; plans and applies read the host's rows."""
+    service = host_service(engine, clock, cheap_hasher)
+    rows = host_rows(engine)
+    assert {m.member_id for m in directory()} == set(rows)
+    assert ("Mina.Kim@corp.example", "free", "mina@home.example") == (
+        rows["m1"].email,
+        rows["m1"].plan_tier,
+        rows["m1"].recovery_email,
+    )
+    assert [] == service.store.dump()["bulkreset_members"]  # type: ignore[attr-defined]
+    for member_id in ("m1", "m2", "q1"):
+        service.set_password(member_id, OWN)
+    plan = service.plan(ALL, force(), actor="admin")
+    result = service.apply(plan, confirm=plan.confirmation)
+    reset = {i for i, o in result.outcomes.items() if o.outcome is Outcome.RESET}
+    assert {"m1", "m2", "m3", "q1", "admin2"} == reset  # boss: an admin may not reset them
+    assert service.authenticate("MINA.KIM@corp.example", PW).must_change_password
+    assert all(row.pw_hash is None for row in host_rows(engine).values())  # not mapped
+
+
+def test_a_row_the_host_edits_is_what_apply_sees(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """A member the host suspends between plan and apply is re-checked from its table."""
+    service = host_service(engine, clock, cheap_hasher)
+    plan = service.plan(["m1", "m2"], ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    with engine.begin() as conn:
+        conn.execute(app_users.update().where(app_users.c.id == "m2").values(state="suspended"))
+    result = service.apply(plan, confirm=plan.confirmation)
+    assert (Outcome.REQUESTED, Outcome.EXCLUDED) == (
+        result.outcomes["m1"].outcome,
+        result.outcomes["m2"].outcome,
+    )
+    assert "suspended" == result.outcomes["m2"].reason
+
+
+def test_copy_mode_writes_the_plans_hash_into_each_row(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """shared_password="copy": every target's row holds the plan's one hash; a password a
+    member sets goes to their row as their own hash (bulkreset keeps no copy)."""
+    service = host_service(
+        engine, clock, cheap_hasher, password_hash="pw_hash", shared_password="copy"
+    )
+    assert not service.store.hashes_each_member  # type: ignore[attr-defined]
+    plan = service.plan(["m1", "m2"], force(), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    rows = host_rows(engine)
+    assert rows["m1"].pw_hash.startswith("$argon2id$")
+    assert rows["m1"].pw_hash == rows["m2"].pw_hash  # the documented copy
+    assert rows["m3"].pw_hash is None
+    assert service.authenticate("jun@corp.example", PW).ok
+    service.change_password("m1", PW, OWN)
+    rows = host_rows(engine)
+    assert rows["m1"].pw_hash != rows["m2"].pw_hash
+    assert cheap_hasher.verify(rows["m1"].pw_hash, OWN)
+    own = [r for r in service.store.dump()["bulkreset_credentials"] if r[0] == "m1"]  # type: ignore[attr-defined]
+    assert [None] == [r[1] for r in own]
+
+
+def test_per_member_mode_hashes_once_per_member(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """shared_password="per_member" (SPEC §5): each target's row gets its own salt; the plan
+    keeps the plain password only until the apply is done."""
+    service = host_service(engine, clock, cheap_hasher, password_hash="pw_hash")
+    assert service.store.hashes_each_member  # type: ignore[attr-defined]
+    plan = service.plan(["m1", "m2"], force(), actor="admin")
+    record = service.store.load_plan(plan.plan_id)
+    assert record is not None
+    assert PW == record.password
+    result = service.apply(plan, confirm=plan.confirmation)
+    assert 2 == result.count(Outcome.RESET)
+    rows = host_rows(engine)
+    assert rows["m1"].pw_hash != rows["m2"].pw_hash
+    assert all(cheap_hasher.verify(rows[i].pw_hash, PW) for i in ("m1", "m2"))
+    assert service.authenticate("jun@corp.example", PW).must_change_password
+    record = service.store.load_plan(plan.plan_id)
+    assert record is not None
+    assert record.password is None  # erased once every member had their own hash
+
+
+def test_a_hash_the_host_already_has_signs_in(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """A member whose row already holds an Argon2id hash, and bulkreset nothing, signs in with
+    it, counts as having a password (R2) and is reset like any other."""
+    service = host_service(engine, clock, cheap_hasher, password_hash="pw_hash")
+    with engine.begin() as conn:
+        conn.execute(
+            app_users.update()
+            .where(app_users.c.id == "q1")
+            .values(pw_hash=cheap_hasher.hash("quick but has one"))
+        )
+    assert service.authenticate("quick@corp.example", "quick but has one").ok
+    plan = service.plan(["q1", "m1"], force(), actor="admin")
+    assert ["m1", "q1"] == sorted(m.member_id for m in plan.targets)
+    service.apply(plan, confirm=plan.confirmation)
+    assert service.authenticate("quick@corp.example", PW).ok
+    assert not service.authenticate("quick@corp.example", "quick but has one").ok
+
+
+def test_sign_in_without_a_login_key_column_folds_case(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """Without a login_key column, sign-in matches by lower() and folds in Python; with one,
+    full case folding holds (Straße = STRASSE)."""
+    service = host_service(engine, clock, cheap_hasher)
+    service.set_password("m1", OWN)
+    assert service.authenticate("MINA.KIM@CORP.EXAMPLE", OWN).ok
+    keyed = host_service(engine, clock, cheap_hasher, login_key="email_key")
+    keyed.store.add_members([Member("de", "Straße@corp.example")])  # type: ignore[attr-defined]
+    keyed.set_password("de", OWN)
+    assert keyed.authenticate("STRASSE@corp.example", OWN).ok
+    assert "strasse@corp.example" == host_rows(engine)["de"].email_key
+
+
+def test_a_login_taken_in_the_hosts_table_is_refused(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """Two members with one folded login ID are refused, and nothing is written."""
+    service = host_service(engine, clock, cheap_hasher)
+    before = host_rows(engine)
+    with pytest.raises(InvalidInputError, match="already used by 'm1'"):
+        service.store.add_members(  # type: ignore[attr-defined]
+            [Member("new", "new@corp.example"), Member("x", "mina.kim@CORP.example")]
+        )
+    assert before == host_rows(engine)
+
+
+def test_users_table_names_real_columns() -> None:
+    """A mapping naming a column the table lacks, or an unknown mode, is refused."""
+    with pytest.raises(InvalidInputError, match="no column 'mail'"):
+        UsersTable(app_users, member_id="id", login_id="mail")
+    with pytest.raises(InvalidInputError, match="per_member"):
+        UsersTable(app_users, member_id="id", login_id="email", shared_password="twice")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        UsersTable("app_users", member_id="id", login_id="email")  # type: ignore[arg-type]
+
+
+def test_invalid_rows_in_the_hosts_table_are_a_storage_error(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """A row whose values bulkreset does not know is reported, naming the member."""
+    service = host_service(engine, clock, cheap_hasher)
+    with engine.begin() as conn:
+        conn.execute(app_users.update().where(app_users.c.id == "m1").values(state="disabled"))
+    with pytest.raises(StorageError, match="'m1'"):
+        service.store.get_members(["m1"])
+
+
+# ----------------------------------------------------------------- engines and tables
+
+
+def test_a_url_makes_an_engine_and_its_password_stays_hidden() -> None:
+    """A URL string is accepted; repr shows the URL without its password; close disposes."""
+    store = SqlAlchemyStorage("postgresql+psycopg://app:s3cret-pw@db.invalid/app")
+    assert "s3cret-pw" not in repr(store)
+    assert "db.invalid" in repr(store)
+    store.close()
+    with pytest.raises(InvalidInputError):
+        SqlAlchemyStorage("not a url")
+    with pytest.raises(InvalidInputError):
+        SqlAlchemyStorage(42)  # type: ignore[arg-type]
+
+
+def test_missing_tables_say_how_to_make_them(tmp_path: Any) -> None:
+    """Without bulkreset's tables, a call fails with a StorageError naming create_all."""
+    store = SqlAlchemyStorage(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StorageError, match="create_all"):
+        store.get_members(["m1"])
+    store.close()
+    made = SqlAlchemyStorage(f"sqlite:///{tmp_path / 'made.db'}", create_tables=True)
+    assert {} == made.get_members(["m1"])
+    assert {t.name for t in metadata.sorted_tables} == set(made.dump())
+    made.close()
+
+
+# ----------------------------------------------------------------- chunks for workers
+
+
+@pytest.fixture
+def chunked(
+    request: pytest.FixtureRequest,
+    engine: sa.Engine,
+    clock: FakeClock,
+    cheap_hasher: argon2.PasswordHasher,
+) -> ResetService:
+    service = open_service(engine, clock=clock, hasher=cheap_hasher, sleep=clock.sleep)
+    members = [Member("admin", "admin@corp.example", role="admin")]
+    members += [
+        Member(f"u{i:03}", f"u{i:03}@corp.example", personal_email=f"u{i}@home.example")
+        for i in range(25)
+    ]
+    service.store.add_members(members)  # type: ignore[attr-defined]
+    return service
+
+
+def test_workers_apply_a_split_plan_once(chunked: ResetService) -> None:
+    """split makes chunks; apply_chunk applies the first free one; the last chunk's worker
+    finishes the plan and returns the whole result; nothing is applied twice."""
+    service = chunked
+    plan = service.plan(ALL, force(), actor="admin")
+    with pytest.raises(ConfirmationError):
+        service.split(plan, confirm="nope")
+    assert 3 == service.split(plan, confirm=plan.confirmation, chunk_size=10)
+    assert 3 == service.split(plan, confirm=plan.confirmation, chunk_size=2)  # kept
+    seen = []
+    while (done := service.apply_chunk(plan, confirm=plan.confirmation)) is not None:
+        seen.append(done)
+    assert [(0, 10), (10, 20), (20, 25)] == [(c.start, c.stop) for c in seen]
+    assert [10, 10, 5] == [c.count(Outcome.RESET) for c in seen]
+    assert [2, 1, 0] == [c.chunks_left for c in seen]
+    assert [None, None] == [c.result for c in seen[:2]]
+    final = seen[-1].result
+    assert final is not None
+    assert (25, 1) == (final.count(Outcome.RESET), final.count(Outcome.EXCLUDED))
+    notices: Any = service.notifier
+    assert 25 == len(notices.pending())  # one notice each, never two
+    record = service.store.load_plan(plan.plan_id)
+    assert record is not None
+    assert record.finished_at is not None
+
+
+def test_a_crashed_workers_chunk_is_taken_over_after_its_lease(
+    chunked: ResetService, clock: FakeClock
+) -> None:
+    """A chunk whose worker vanished stays claimed until its lease lapses; then the next
+    worker takes it over (taken_over) and resumes it without repeating an effect."""
+    service = chunked
+    store: Any = service.store
+    plan = service.plan(ALL, force(), actor="admin")
+    service.split(plan, confirm=plan.confirmation, chunk_size=10)
+    now = clock()
+    crashed = store.claim_chunk(plan.plan_id, "dead-worker", now, now + timedelta(minutes=2))
+    assert 0 == crashed.index
+    first = service.apply_chunk(plan, confirm=plan.confirmation)
+    assert first is not None
+    assert 1 == first.index  # chunk 0 is still leased
+    assert service.apply_chunk(plan, confirm=plan.confirmation, chunk=0) is None
+    clock.advance(minutes=3)
+    taken = service.apply_chunk(plan, confirm=plan.confirmation, chunk=0)
+    assert taken is not None
+    assert (0, True, 10) == (taken.index, taken.taken_over, taken.count(Outcome.RESET))
+    assert not store.finish_chunk(plan.plan_id, 0, "dead-worker", clock())  # it lost it
+
+
+def test_whole_applies_and_workers_exclude_each_other(
+    chunked: ResetService, clock: FakeClock
+) -> None:
+    """While a worker holds a chunk, apply() refuses; while apply() holds the plan, no chunk
+    is handed out."""
+    service = chunked
+    store: Any = service.store
+    plan = service.plan(ALL, force(), actor="admin")
+    service.split(plan, confirm=plan.confirmation, chunk_size=10)
+    now = clock()
+    assert store.claim_chunk(plan.plan_id, "w1", now, now + timedelta(minutes=2)) is not None
+    with pytest.raises(PlanInProgressError):
+        service.apply(plan, confirm=plan.confirmation)
+    clock.advance(minutes=3)
+    now = clock()
+    assert store.claim_plan(plan.plan_id, "whole", now, now + timedelta(minutes=2))
+    assert service.apply_chunk(plan, confirm=plan.confirmation) is None
+
+
+def test_concurrent_claims_get_different_chunks(chunked: ResetService, clock: FakeClock) -> None:
+    """Many threads claiming at once each get a different chunk, and none is lost."""
+    service = chunked
+    plan = service.plan(ALL, force(), actor="admin")
+    service.split(plan, confirm=plan.confirmation, chunk_size=2)  # 13 chunks
+    store: Any = service.store
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        now = clock()
+        while (claim := store.claim_chunk(plan.plan_id, name, now, now + timedelta(1))) is not None:
+            with lock:
+                got.append(claim.index)
+            store.finish_chunk(plan.plan_id, claim.index, name, now)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert list(range(13)) == sorted(got)
+    assert (0, 13) == store.chunks_left(plan.plan_id)
+
+
+def test_stores_that_cannot_split_say_so(cheap_hasher: argon2.PasswordHasher) -> None:
+    """split and apply_chunk on a store without chunks raise InvalidInputError."""
+    from bulkreset.adapters.memory import open_service as open_memory
+
+    service = open_memory(directory(), hasher=cheap_hasher)
+    plan = service.plan(["m1"], ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    with pytest.raises(InvalidInputError, match="cannot split"):
+        service.split(plan, confirm=plan.confirmation)
+    with pytest.raises(InvalidInputError, match="cannot split"):
+        service.apply_chunk(plan, confirm=plan.confirmation)
