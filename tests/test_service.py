@@ -781,6 +781,29 @@ def test_chunk_size_must_be_positive() -> None:
         open_service(chunk_size=0)
 
 
+def test_lease_must_be_a_second_or_more() -> None:
+    """A lease that is not a timedelta of at least 1 second is a configuration error."""
+    from bulkreset.adapters.memory import open_service
+
+    for bad in (timedelta(milliseconds=500), 120, None):
+        with pytest.raises(InvalidInputError):
+            open_service(lease=bad)
+
+
+def test_a_short_lease_frees_a_dead_applys_plan_sooner(
+    make_service: ServiceFactory, clock: FakeClock
+) -> None:
+    """With lease=10 s, a plan held by an apply that died is free again 10 s later."""
+    service = make_service(lease=timedelta(seconds=10))
+    plan = service.plan(["m1"], force(), actor="admin")
+    now = clock()
+    assert service.store.claim_plan(plan.plan_id, "dead", now, now + timedelta(seconds=10))
+    with pytest.raises(PlanInProgressError, match="10 second"):
+        service.apply(plan, confirm=plan.confirmation)
+    clock.advance(seconds=11)
+    assert 1 == service.apply(plan, confirm=plan.confirmation).count(Outcome.RESET)
+
+
 def test_plans_compare_equal_after_loading(service: ResetService) -> None:
     """load_plan returns the same plan as plan() did."""
     plan = service.plan(MEMBERS, force(follow_with_request=True), actor="admin")

@@ -352,6 +352,25 @@ def test_a_crashed_workers_chunk_is_taken_over_after_its_lease(
     assert not store.finish_chunk(plan.plan_id, 0, "dead-worker", clock())  # it lost it
 
 
+def test_a_workers_loop_waits_for_a_dead_workers_chunk_then_finishes_the_plan(
+    chunked: ResetService, clock: FakeClock
+) -> None:
+    """apply_chunks applies every free chunk, waits (the injected sleep moves the clock) while
+    a dead worker's lease lasts, takes that chunk over, and returns the plan's result."""
+    service = chunked
+    store: Any = service.store
+    plan = service.plan(ALL, force(), actor="admin")
+    service.split(plan, confirm=plan.confirmation, chunk_size=10)
+    now = clock()
+    store.claim_chunk(plan.plan_id, "dead-worker", now, now + timedelta(minutes=2), index=1)
+    assert service.apply_chunks(plan, confirm=plan.confirmation, wait=None) is None
+    assert (1, 3) == store.chunks_left(plan.plan_id)  # without waiting, chunk 1 stays
+    result = service.apply_chunks(plan.plan_id, confirm=plan.confirmation, wait=30)
+    assert result is not None
+    assert 25 == result.count(Outcome.RESET)
+    assert clock() >= now + timedelta(minutes=2)
+
+
 def test_whole_applies_and_workers_exclude_each_other(
     chunked: ResetService, clock: FakeClock
 ) -> None:

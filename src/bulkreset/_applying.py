@@ -229,7 +229,7 @@ class ApplyRun:
             start=start,
             stop=stop,
             at=now,
-            lease_until=now + LEASE,
+            lease_until=now + self.service._lease,
             settings=self.settings,
             actor=actor,
             password=self.record.password if self.settings.deliver_password else None,
@@ -294,7 +294,11 @@ class ApplyRun:
         if self.claim is not None:
             store: Any = self.store  # a ChunkedStorage: the service checked
             again = store.claim_chunk(
-                self.plan.plan_id, self.owner, now, now + LEASE, index=self.claim.index
+                self.plan.plan_id,
+                self.owner,
+                now,
+                now + self.service._lease,
+                index=self.claim.index,
             )
             if again is None:
                 raise PlanInProgressError(
@@ -302,7 +306,7 @@ class ApplyRun:
                     "another worker; this one stopped"
                 )
             return
-        if not self.store.claim_plan(self.plan.plan_id, self.owner, now, now + LEASE):
+        if not self.store.claim_plan(self.plan.plan_id, self.owner, now, now + self.service._lease):
             raise PlanInProgressError(
                 f"plan {self.plan.plan_id} was taken over by another apply; this one stopped"
             )

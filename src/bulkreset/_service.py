@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -79,6 +79,13 @@ AuditSink = Callable[[AuditEvent], None]
 _MAX_LOGIN_LENGTH = 1024
 
 
+def _describe(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    if seconds % 60 == 0:
+        return f"{seconds // 60} minute(s)"
+    return f"{seconds} second(s)"
+
+
 class ResetService:
     """Plans and applies bulk password resets, and serves the member-side flows.
 
@@ -104,6 +111,11 @@ class ResetService:
             (default :func:`time.sleep`; tests pass one that moves a fake clock).
         hash_workers: Hashes computed at once for generated per-member
             passwords (default: one per core; see :mod:`bulkreset._hashing`).
+        lease: How long an apply's claim on its plan (or a worker's on its
+            chunk) lasts unless renewed, as a :class:`~datetime.timedelta`
+            (default 2 minutes, at least 1 second). It is renewed after every
+            ``chunk_size`` targets, so keep it well above the time one chunk
+            takes; a crashed apply's plan (or chunk) is free again after it.
 
     A service object holds no per-call state: share one across threads if its
     ports allow it.
@@ -122,7 +134,10 @@ class ResetService:
         chunk_size: int | None = None,
         sleep: Callable[[float], None] | None = None,
         hash_workers: int | None = None,
+        lease: timedelta = LEASE,
     ) -> None:
+        if not isinstance(lease, timedelta) or lease < timedelta(seconds=1):
+            raise InvalidInputError("lease must be a timedelta of at least 1 second")
         if chunk_size is not None and (
             not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
         ):
@@ -138,6 +153,7 @@ class ResetService:
         self._set_based_chunk = chunk_size or SET_BASED_CHUNK
         self._sleep = sleep if sleep is not None else time.sleep
         self.hash_workers = hash_workers
+        self._lease = lease
         self._dummy_hash: str | None = None
 
     def __repr__(self) -> str:
@@ -412,12 +428,12 @@ class ResetService:
             raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
         owner = secrets.token_hex(8)
         handoff_file = HandoffFile(handoff) if handoff is not None else None  # before any change
-        if not self.store.claim_plan(record.plan.plan_id, owner, now, now + LEASE):
+        if not self.store.claim_plan(record.plan.plan_id, owner, now, now + self._lease):
             if handoff_file is not None:
                 handoff_file.discard()
             raise PlanInProgressError(
                 f"plan {record.plan.plan_id} is being applied elsewhere; if an earlier apply "
-                f"was interrupted, its lock lapses within {LEASE.seconds // 60} minutes"
+                f"was interrupted, its lock lapses within {_describe(self._lease)}"
             )
         record = self._load_record(record.plan.plan_id)  # started_at as the claim set it
         finished: datetime | None = None
@@ -544,7 +560,7 @@ class ResetService:
         plan_id = record.plan.plan_id
         owner = secrets.token_hex(8)
         now = self._now()
-        claim = store.claim_chunk(plan_id, owner, now, now + LEASE, index=chunk)
+        claim = store.claim_chunk(plan_id, owner, now, now + self._lease, index=chunk)
         if claim is None:
             return None
         run = ApplyRun(self, record, progress, owner=owner, claim=claim)
@@ -568,6 +584,46 @@ class ResetService:
             result=result,
             taken_over=claim.taken_over,
         )
+
+    def apply_chunks(
+        self, plan: ResetPlan | str, *, confirm: str | None, wait: float | None = 1.0
+    ) -> ResetResult | None:
+        """A worker's loop: :meth:`apply_chunk` until no chunk of the plan is left undone.
+
+        When every remaining chunk is held by other workers, it waits *wait*
+        seconds and tries again, so a chunk whose worker crashed is taken
+        over once its lease lapses; with ``wait=None`` it returns instead. A
+        chunk lost to another worker mid-way (``PlanInProgressError``) is
+        left to that worker.
+
+        Args:
+            plan: The :class:`ResetPlan` or its ID (split with :meth:`split`).
+            confirm: The plan's confirmation code.
+            wait: Seconds between looks while other workers hold every
+                remaining chunk, or ``None`` to return then.
+
+        Returns:
+            The plan's :class:`ResetResult` if this worker finished the
+            plan, else ``None``.
+
+        Raises:
+            What :meth:`apply_chunk` raises, but ``PlanInProgressError``.
+        """
+        store = self._chunked_store()
+        plan_id = plan.plan_id if isinstance(plan, ResetPlan) else plan
+        final: ResetResult | None = None
+        while True:
+            try:
+                done = self.apply_chunk(plan_id, confirm=confirm)
+            except PlanInProgressError:
+                continue  # that chunk is another worker's now; take the next
+            if done is not None:
+                final = done.result or final
+                continue
+            left, _ = store.chunks_left(plan_id)
+            if left == 0 or wait is None:
+                return final
+            self._sleep(wait)
 
     # ------------------------------------------------------------------ member flows
 
