@@ -1175,7 +1175,11 @@ def main(argv: list[str] | None = None) -> int:
             *machine(load_at_start),
             "",
         ]
-        RESULTS.write_text("\n".join(head) + "\n" + report, encoding="utf-8")
+        # Keep what benchmarks/postgresql.py recorded below its marker line.
+        marker = "<!-- benchmarks/postgresql.py writes below this line -->"
+        current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+        kept = f"\n{marker}{current.split(marker, 1)[1]}" if marker in current else ""
+        RESULTS.write_text("\n".join(head) + "\n" + report + kept, encoding="utf-8")
         _log(f"wrote {RESULTS.relative_to(REPO)}")
     return 0
 
