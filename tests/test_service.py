@@ -38,6 +38,7 @@ from bulkreset.errors import (
     PlanInProgressError,
     PlanNotFoundError,
     StalePlanError,
+    TemporaryPasswordExpiredError,
 )
 
 from .conftest import FakeClock, ServiceFactory, directory, writes_fail_for
@@ -886,3 +887,70 @@ def test_re_applying_a_finished_plan_keeps_its_first_completion_time(
     clock.advance(60)
     service.apply(plan, confirm=plan.confirmation)
     assert finished == service.store.load_plan(plan.plan_id).finished_at  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------- temporary password ttl
+
+
+def test_a_temporary_password_expires_after_its_ttl(
+    service: ResetService, clock: FakeClock
+) -> None:
+    """A force change's password signs in for temporary_password_ttl (24 h by default), then
+    no longer: authenticate says why, change_password refuses it; a new reset revives."""
+    plan = service.plan(["m1"], force(), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    clock.advance(hours=23, minutes=59)
+    assert service.authenticate("mina.kim@corp.example", PW).ok
+    clock.advance(minutes=1)
+    expired = service.authenticate("mina.kim@corp.example", PW)
+    assert (False, None, "temporary_password_expired") == (
+        expired.ok,
+        expired.member_id,
+        expired.reason,
+    )
+    assert "invalid" == service.authenticate("mina.kim@corp.example", "wrong guess 12345").reason
+    with pytest.raises(TemporaryPasswordExpiredError):
+        service.change_password("m1", PW, OWN)
+    with pytest.raises(InvalidCredentialsError):  # a subclass: old handlers still catch it
+        service.change_password("m1", PW, OWN)
+    again = service.plan(["m1"], force(), actor="admin")
+    service.apply(again, confirm=again.confirmation)
+    assert service.authenticate("mina.kim@corp.example", PW).ok
+
+
+def test_a_changed_password_never_expires(service: ResetService, clock: FakeClock) -> None:
+    """Once the member changes the temporary password, theirs has no expiry."""
+    plan = service.plan(["m1"], force(), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    service.change_password("m1", PW, OWN)
+    clock.advance(days=400)
+    assert service.authenticate("mina.kim@corp.example", OWN).ok
+
+
+@pytest.mark.parametrize(
+    ("options", "signs_in"),
+    [
+        ({"temporary_password_ttl": None}, True),
+        ({"require_change_at_next_login": False}, True),  # not a temporary password
+        ({"temporary_password_ttl": timedelta(hours=1)}, False),
+    ],
+)
+def test_temporary_password_ttl_options(
+    make_service: ServiceFactory, clock: FakeClock, options: dict[str, Any], signs_in: bool
+) -> None:
+    """ttl=None never expires; without must-change the password is not temporary; a shorter
+    ttl expires sooner. Checked two days after the reset."""
+    service = make_service()
+    plan = service.plan(["m1"], force(**options), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    clock.advance(days=2)
+    assert signs_in == service.authenticate("mina.kim@corp.example", PW).ok
+
+
+def test_temporary_password_ttl_is_checked() -> None:
+    """A ttl that is not a positive timedelta of at most 30 days is refused."""
+    for bad in (timedelta(0), timedelta(days=31), 3600):
+        with pytest.raises(InvalidInputError):
+            force(temporary_password_ttl=bad)
+    assert timedelta(hours=24) == force().temporary_password_ttl
+    assert timedelta(hours=24) == force().settings().temporary_password_ttl

@@ -350,6 +350,7 @@ class ApplyRun:
                     at=now,
                     must_change=self.settings.require_change_at_next_login,
                     shared_plan_id=self.plan.plan_id,
+                    expires_at=self.settings.temporary_password_expiry(now),
                 )
                 row = MemberOutcome(member.member_id, Outcome.RESET, login_id=member.login_id)
                 event = self._event("member.reset", member.member_id, now)
@@ -400,6 +401,7 @@ class ApplyRun:
                 at=write.at,
                 must_change=write.must_change,
                 password_hash=password_hash,
+                expires_at=write.expires_at,
             )
             writes[i] = (member, row, own, event)
         return writes

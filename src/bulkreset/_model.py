@@ -358,6 +358,18 @@ def _positive(instance: object, attribute: attrs.Attribute[timedelta], value: ti
 _MEMBER_FIELDS = tuple(field.name for field in attrs.fields(Member))
 
 MAX_SESSION_DEADLINE = timedelta(minutes=5)
+DEFAULT_TEMPORARY_PASSWORD_TTL = timedelta(hours=24)
+"""How long a force change's temporary password signs in (OWASP ASVS 4.0.3 2.3.1)."""
+MAX_TEMPORARY_PASSWORD_TTL = timedelta(days=30)
+
+
+def _ttl(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise InvalidInputError(f"{attribute.name} must be a positive timedelta or None")
+    if value > MAX_TEMPORARY_PASSWORD_TTL:
+        raise InvalidInputError(f"{attribute.name} may be at most 30 days (a temporary password)")
 
 
 @attrs.frozen
@@ -378,6 +390,14 @@ class ResetPolicy:
             (``apply(..., handoff=path)``, created owner-only).
         require_change_at_next_login: Force change: the member must change the
             password at their next sign-in (default ``True``).
+        temporary_password_ttl: Force change with ``require_change_at_next_login``:
+            how long the temporary password signs in, as a
+            :class:`~datetime.timedelta` (default 24 hours, at most 30 days).
+            After it, a temporary password never changed no longer signs in
+            (``authenticate`` says ``temporary_password_expired``); the member
+            uses recovery or gets a new reset. OWASP ASVS 4.0.3 2.3.1 / ASVS
+            5.0 6.4.1: initial secrets expire after a short period and never
+            become the long-term password. ``None`` never expires them.
         follow_with_request: Force change: also send each target a change
             request (R6: force first, then request, when members *must* change).
         deliver_password: Force change: put the password in the
@@ -401,6 +421,9 @@ class ResetPolicy:
     new_password: str | None = attrs.field(default=None, kw_only=True, repr=False)
     generate_passwords: bool = attrs.field(default=False, kw_only=True)
     require_change_at_next_login: bool = attrs.field(default=True, kw_only=True)
+    temporary_password_ttl: timedelta | None = attrs.field(
+        default=DEFAULT_TEMPORARY_PASSWORD_TTL, kw_only=True, validator=_ttl
+    )
     follow_with_request: bool = attrs.field(default=False, kw_only=True)
     deliver_password: bool = attrs.field(default=False, kw_only=True)
     session_deadline: timedelta = attrs.field(
@@ -447,6 +470,7 @@ class PlanSettings:
     mode: ResetMode
     generate_passwords: bool = False
     require_change_at_next_login: bool = True
+    temporary_password_ttl: timedelta | None = None
     follow_with_request: bool = False
     deliver_password: bool = False
     session_deadline: timedelta = timedelta(minutes=5)
@@ -455,12 +479,31 @@ class PlanSettings:
     include_suspended: bool = False
     plan_ttl: timedelta = timedelta(hours=1)
 
+    def temporary_password_expiry(self, at: datetime) -> datetime | None:
+        """When a temporary password set at *at* by this plan stops signing in, or ``None``.
+
+        Only a force change's password that must be changed at next sign-in is
+        temporary; it expires ``temporary_password_ttl`` after it was set.
+        """
+        if (
+            self.mode is not ResetMode.FORCE_CHANGE
+            or not self.require_change_at_next_login
+            or self.temporary_password_ttl is None
+        ):
+            return None
+        return at + self.temporary_password_ttl
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; durations in seconds."""
         return {
             "mode": self.mode.value,
             "generate_passwords": self.generate_passwords,
             "require_change_at_next_login": self.require_change_at_next_login,
+            "temporary_password_ttl": (
+                None
+                if self.temporary_password_ttl is None
+                else self.temporary_password_ttl.total_seconds()
+            ),
             "follow_with_request": self.follow_with_request,
             "deliver_password": self.deliver_password,
             "session_deadline": self.session_deadline.total_seconds(),
@@ -473,9 +516,10 @@ class PlanSettings:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PlanSettings:
         """The inverse of :meth:`to_json`."""
-        durations = ("session_deadline", "request_ttl", "plan_ttl")
+        durations = ("session_deadline", "request_ttl", "plan_ttl", "temporary_password_ttl")
         values: dict[str, Any] = {
-            k: timedelta(seconds=v) if k in durations else v for k, v in data.items()
+            k: timedelta(seconds=v) if k in durations and v is not None else v
+            for k, v in data.items()
         }
         values["mode"] = ResetMode(values["mode"])
         return cls(**values)

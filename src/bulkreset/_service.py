@@ -45,6 +45,7 @@ from .errors import (
     PlanInProgressError,
     PlanNotFoundError,
     StalePlanError,
+    TemporaryPasswordExpiredError,
 )
 from .ports import (
     ChunkedStorage,
@@ -77,6 +78,15 @@ AuditSink = Callable[[AuditEvent], None]
 
 
 _MAX_LOGIN_LENGTH = 1024
+
+
+def _expired(credential: _Credential, now: datetime) -> bool:
+    """A temporary password (one that must be changed) past its expiry."""
+    return (
+        credential.must_change
+        and credential.expires_at is not None
+        and now >= credential.expires_at
+    )
 
 
 def _describe(span: timedelta) -> str:
@@ -637,8 +647,11 @@ class ResetService:
 
         Returns:
             :class:`AuthResult`: ``ok=False`` for a wrong password, an unknown
-            login, a suspended or pending member, or a Quick Login member with
-            no password; ``must_change_password`` after a force change.
+            login, a suspended or pending member, a Quick Login member with
+            no password, or a force change's temporary password past its
+            ``temporary_password_ttl`` (``reason="temporary_password_expired"``;
+            checked after the password, so it reveals nothing to a guesser);
+            ``must_change_password`` after a force change.
         """
         if not isinstance(login_id, str) or not isinstance(password, str):
             return AuthResult(False, reason="invalid")
@@ -660,6 +673,8 @@ class ResetService:
             return AuthResult(False, reason="invalid")
         if member.status is not MemberStatus.ACTIVE:
             return AuthResult(False, reason="inactive")
+        if _expired(credential, self._now()):
+            return AuthResult(False, reason="temporary_password_expired")
         if self.hasher.check_needs_rehash(credential.password_hash):
             self.store.rehash_credential(
                 member.member_id, credential.generation, self._hash(password)
@@ -675,6 +690,8 @@ class ResetService:
 
         Raises:
             InvalidCredentialsError: unknown member or wrong *current_password*.
+            TemporaryPasswordExpiredError: *current_password* is a force
+                change's temporary password past its ``temporary_password_ttl``.
             PasswordPolicyError: *new_password* breaks the rules, or equals the
                 current one (violation ``same_as_current``).
         """
@@ -686,6 +703,8 @@ class ResetService:
             raise InvalidCredentialsError
         if not self._verify(credential.password_hash, current_password):
             raise InvalidCredentialsError
+        if _expired(credential, self._now()):
+            raise TemporaryPasswordExpiredError
         violations = list(self.rules.violations(new_password, login_ids=[member.login_id]))
         if isinstance(new_password, str) and normalize_password(new_password) == normalize_password(
             current_password

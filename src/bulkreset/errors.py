@@ -13,6 +13,7 @@ The tree::
     ├── PlanInProgressError         another apply of the same plan is running
     ├── InvalidTokenError           unknown, expired, used or superseded reset token
     ├── InvalidCredentialsError     wrong current password
+    │   └── TemporaryPasswordExpiredError  a force change's temporary password expired
     ├── PartialResetError           raised by ResetResult.raise_for_failures() only
     ├── RetryLaterError             raised by a notifier that is rate-limited
     └── StorageError                a port's backend failed; the cause is chained
@@ -46,6 +47,7 @@ __all__ = [
     "StalePlanError",
     "StorageError",
     "TemporaryDeliveryError",
+    "TemporaryPasswordExpiredError",
 ]
 
 
@@ -126,6 +128,18 @@ class InvalidCredentialsError(BulkResetError):
 
     def __init__(self) -> None:
         super().__init__("the current password is not correct")
+
+
+class TemporaryPasswordExpiredError(InvalidCredentialsError):
+    """The temporary password of a force change was never changed and has expired
+    (``ResetPolicy.temporary_password_ttl``): the member must use recovery or get a
+    new reset (OWASP ASVS 4.0.3 2.3.1)."""
+
+    def __init__(self) -> None:
+        BulkResetError.__init__(
+            self,
+            "the temporary password has expired; use password recovery or ask for a new reset",
+        )
 
 
 class PartialResetError(BulkResetError):

@@ -72,6 +72,8 @@ class Credential:
         not_before: Sessions issued at or before this instant are invalid.
         shared_plan_id: Set while the credential points to a force plan's
             shared password credential (SPEC §5).
+        expires_at: A temporary password (``must_change``) no longer signs in
+            from this instant (``ResetPolicy.temporary_password_ttl``), or ``None``.
     """
 
     member_id: str
@@ -81,6 +83,7 @@ class Credential:
     changed_at: datetime
     not_before: datetime | None = None
     shared_plan_id: str | None = None
+    expires_at: datetime | None = None
 
 
 @attrs.frozen
@@ -90,7 +93,8 @@ class CredentialWrite:
     Exactly one of ``password_hash`` (the member's own credential) and
     ``shared_plan_id`` (point to that plan's shared credential) is set. The
     store raises the member's generation by one, and sets ``changed_at`` and
-    ``not_before`` to ``at``.
+    ``not_before`` to ``at``. ``expires_at`` is when a temporary password
+    stops signing in (``None``: never).
     """
 
     member_id: str
@@ -98,6 +102,7 @@ class CredentialWrite:
     must_change: bool
     password_hash: str | None = attrs.field(default=None, repr=False)
     shared_plan_id: str | None = None
+    expires_at: datetime | None = None
 
 
 @attrs.frozen

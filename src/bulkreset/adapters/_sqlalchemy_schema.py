@@ -138,6 +138,7 @@ credentials = _table(
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("changed_at", UtcDateTime, nullable=False),
     sa.Column("not_before", UtcDateTime),
+    sa.Column("expires_at", UtcDateTime),
 )
 
 tokens = _table(

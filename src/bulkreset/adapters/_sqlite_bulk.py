@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any, overload
 
 from .._clock import to_iso
@@ -63,6 +64,10 @@ CASE
 END
 """
 """The first exclusion reason that applies to member ``m`` (SPEC §3's order), or NULL."""
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else to_iso(value)
 
 
 def rule_params(settings: PlanSettings, actor_id: str, actor_role: Role) -> dict[str, Any]:
@@ -312,7 +317,7 @@ ORDER BY target_index
 """
 
 _CREDENTIALS = CREDENTIAL_WRITE.format(
-    rows="SELECT member_id, NULL, :plan_id, :must_change, 1, :at, :at\n"
+    rows="SELECT member_id, NULL, :plan_id, :must_change, 1, :at, :at, :temporary_until\n"
     "FROM temp.bulk_chunk WHERE reason IS NULL ORDER BY target_index"
 )
 
@@ -507,6 +512,7 @@ def apply_chunk(
         **rule_params(settings, request.actor.member_id, request.actor.role),
         "at": at,
         "must_change": int(settings.require_change_at_next_login),
+        "temporary_until": _iso_or_none(settings.temporary_password_expiry(request.at)),
         "expires": to_iso(request.at + settings.request_ttl),
     }
     try:

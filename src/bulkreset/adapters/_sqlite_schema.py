@@ -217,7 +217,12 @@ _V6 = (
     "ALTER TABLE outbox ADD COLUMN phone TEXT",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+_V7 = (
+    # A force change's temporary password stops signing in at this instant.
+    "ALTER TABLE credentials ADD COLUMN expires_at TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 """``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -374,7 +379,8 @@ def plan_header_to_json(plan: ResetPlan, counts: tuple[int, int, int]) -> str:
 
 CREDENTIAL_WRITE = """
 INSERT INTO credentials
-    (member_id, password_hash, shared_plan_id, must_change, generation, changed_at, not_before)
+    (member_id, password_hash, shared_plan_id, must_change, generation, changed_at, not_before,
+     expires_at)
 {rows}
 ON CONFLICT (member_id) DO UPDATE SET
     password_hash = excluded.password_hash,
@@ -382,7 +388,8 @@ ON CONFLICT (member_id) DO UPDATE SET
     must_change = excluded.must_change,
     generation = credentials.generation + 1,
     changed_at = excluded.changed_at,
-    not_before = excluded.not_before
+    not_before = excluded.not_before,
+    expires_at = excluded.expires_at
 """
 """How every credential is written, one by one or a chunk at a time: a new member's
 generation is 1; an existing one's goes up by one (which kills their older tokens)."""

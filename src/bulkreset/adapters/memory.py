@@ -125,6 +125,7 @@ class MemoryStorage:
             changed_at=write.at,
             not_before=write.at,
             shared_plan_id=write.shared_plan_id,
+            expires_at=write.expires_at,
         )
 
     def _revoke_tokens(self, member_id: str, at: datetime, keep: str | None = None) -> None:

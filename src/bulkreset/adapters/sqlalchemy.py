@@ -264,6 +264,7 @@ def _credential_row(write: CredentialWrite) -> dict[str, Any]:
         "generation": 1,
         "changed_at": write.at,
         "not_before": write.at,
+        "expires_at": write.expires_at,
     }
 
 
@@ -648,6 +649,7 @@ class SqlAlchemyStorage:
             c.c.changed_at,
             c.c.not_before,
             c.c.shared_plan_id,
+            c.c.expires_at,
         )
         out: dict[str, Credential] = {}
         for batch in _batches(member_ids):
@@ -678,6 +680,7 @@ class SqlAlchemyStorage:
                     changed_at=row[4] or _EPOCH,
                     not_before=row[5],
                     shared_plan_id=row[6],
+                    expires_at=row[7],
                 )
         return out
 
@@ -696,6 +699,7 @@ class SqlAlchemyStorage:
                 "generation": c.c.generation + sa.literal_column("1"),
                 "changed_at": new.changed_at,
                 "not_before": new.not_before,
+                "expires_at": new.expires_at,
             },
         )
         rows = [_credential_row(w) for w in writes]
@@ -765,6 +769,7 @@ class SqlAlchemyStorage:
                     generation=c.c.generation + 1,
                     changed_at=row["changed_at"],
                     not_before=row["not_before"],
+                    expires_at=row["expires_at"],
                 )
             )
             if updated.rowcount != 1:

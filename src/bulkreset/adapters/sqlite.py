@@ -231,7 +231,7 @@ class _Database:
 
 # storage -----------------------------------------------------------------------
 
-_CREDENTIAL_UPSERT = schema.CREDENTIAL_WRITE.format(rows="VALUES (?, ?, ?, ?, 1, ?, ?)")
+_CREDENTIAL_UPSERT = schema.CREDENTIAL_WRITE.format(rows="VALUES (?, ?, ?, ?, 1, ?, ?, ?)")
 
 _REVOKE_TOKENS = """
 UPDATE tokens SET revoked_at = ?
@@ -289,7 +289,7 @@ _CREDENTIAL_SELECT = """
 SELECT c.member_id,
        CASE WHEN c.shared_plan_id IS NULL THEN COALESCE(c.password_hash, '')
             ELSE COALESCE(p.password_hash, '') END,
-       c.must_change, c.generation, c.changed_at, c.not_before, c.shared_plan_id
+       c.must_change, c.generation, c.changed_at, c.not_before, c.shared_plan_id, c.expires_at
 FROM credentials AS c LEFT JOIN plans AS p ON p.plan_id = c.shared_plan_id
 WHERE c.member_id IN (SELECT value FROM json_each(?))
 """
@@ -312,7 +312,15 @@ def _audit_from_row(row: Sequence[Any]) -> AuditEvent:
 def _credential_params(write: CredentialWrite) -> tuple[object, ...]:
     at = to_iso(write.at)
     hashed = None if write.shared_plan_id is not None else (write.password_hash or "")
-    return (write.member_id, hashed, write.shared_plan_id, int(write.must_change), at, at)
+    return (
+        write.member_id,
+        hashed,
+        write.shared_plan_id,
+        int(write.must_change),
+        at,
+        at,
+        _time(write.expires_at),
+    )
 
 
 def _audit_params(event: AuditEvent) -> tuple[object, ...]:
@@ -595,6 +603,7 @@ class SqliteStorage:
                 changed_at=from_iso(row[4]),
                 not_before=_parse(row[5]),
                 shared_plan_id=row[6],
+                expires_at=_parse(row[7]),
             )
             for row in rows
         }
