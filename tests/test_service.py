@@ -954,3 +954,79 @@ def test_temporary_password_ttl_is_checked() -> None:
             force(temporary_password_ttl=bad)
     assert timedelta(hours=24) == force().temporary_password_ttl
     assert timedelta(hours=24) == force().settings().temporary_password_ttl
+
+
+# ----------------------------------------------------------------- outstanding change requests
+
+
+def request_plan(service: ResetService, ids: list[str]) -> tuple[ResetPlan, list[Notice]]:
+    """Plan and apply a request change; the notices it sent (tokens inside)."""
+    plan = service.plan(ids, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    notifier: Any = service.notifier
+    sent = notifier.sent if hasattr(notifier, "sent") else notifier.pending()
+    return plan, [n for n in sent if n.plan_id == plan.plan_id and n.token]
+
+
+def test_change_requests_are_listed_without_their_tokens(
+    service: ResetService, clock: FakeClock
+) -> None:
+    """A member's and a plan's requests are listed with their times and status; no token."""
+    first, notices = request_plan(service, ["m1", "m2"])
+    clock.advance(minutes=5)
+    second, _ = request_plan(service, ["m1"])  # supersedes m1's first request
+    listed = service.change_requests(member_id="m1")
+    assert [(first.plan_id, "revoked"), (second.plan_id, "live")] == [
+        (c.plan_id, c.status) for c in listed
+    ]
+    assert clock() + timedelta(hours=24) == listed[1].expires_at
+    assert ["m1", "m2"] == sorted(
+        c.member_id for c in service.change_requests(plan_id=first.plan_id)
+    )
+    assert ["m2"] == [
+        c.member_id for c in service.change_requests(plan_id=first.plan_id, live_only=True)
+    ]
+    assert 3 == len(service.change_requests())
+    text = repr(service.change_requests())
+    assert not any(n.token in text for n in notices if n.token)
+    m2 = next(n for n in notices if n.member_id == "m2")
+    assert m2.token is not None
+    service.redeem(m2.token, OWN)
+    assert ["used"] == [c.status for c in service.change_requests(member_id="m2")]
+    clock.advance(hours=25)
+    assert ["expired"] == [c.status for c in service.change_requests(plan_id=second.plan_id)]
+
+
+def test_cancelled_requests_fail_to_redeem(service: ResetService) -> None:
+    """Cancelling a member's, a plan's or every live request kills their tokens, is audited
+    with the actor, and counts only live ones."""
+    plan, notices = request_plan(service, ["m1", "m2", "m3"])
+    tokens = {n.member_id: n.token for n in notices}
+    assert 1 == service.cancel_change_requests(actor="admin", member_id="m1")
+    assert 0 == service.cancel_change_requests(actor="admin", member_id="m1")  # already dead
+    with pytest.raises(InvalidTokenError):
+        service.redeem(tokens["m1"] or "", OWN)
+    assert 2 == service.cancel_change_requests(actor="admin2", plan_id=plan.plan_id)
+    with pytest.raises(InvalidTokenError):
+        service.check_token(tokens["m2"] or "")
+    events = [
+        e for e in service.audit_events(plan_id=plan.plan_id) if e.action == "request.cancelled"
+    ]
+    assert [("admin", "m1"), ("admin2", "m2"), ("admin2", "m3")] == sorted(
+        (e.actor or "", e.member_id or "") for e in events
+    )
+    request_plan(service, ["m1", "m2"])
+    assert 2 == service.cancel_change_requests(actor="admin", everyone=True)
+    assert [] == service.change_requests(live_only=True)
+
+
+def test_cancelling_needs_a_filter_and_an_administrator(service: ResetService) -> None:
+    """No filter without everyone=True, and only an active administrator, may cancel."""
+    request_plan(service, ["m1"])
+    with pytest.raises(InvalidInputError):
+        service.cancel_change_requests(actor="admin")
+    with pytest.raises(AuthorizationError):
+        service.cancel_change_requests(actor="m2", member_id="m1")
+    with pytest.raises(InvalidInputError):
+        service.change_requests(member_id=42)  # type: ignore[arg-type]
+    assert 1 == len(service.change_requests(live_only=True))

@@ -559,3 +559,14 @@ def test_a_dead_link_is_withdrawn_not_delivered(svc: ResetService) -> None:
     statuses = sorted(row["status"] for row in outbox.listing())
     assert ["delivered", "withdrawn"] == statuses
     assert all(row[4] is None for row in rows(svc, "outbox"))  # type: ignore[attr-defined]
+
+
+def test_a_cancelled_requests_notice_is_withdrawn(svc: ResetService) -> None:
+    """Cancelling a request whose notice still waits in the outbox withdraws that notice."""
+    plan = svc.plan(["m1", "m2"], ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    svc.apply(plan, confirm=plan.confirmation)
+    assert 1 == svc.cancel_change_requests(actor="admin", member_id="m1")
+    assert ["m2"] == [n.member_id for n in outbox(svc).pending()]
+    seen: list[Notice] = []
+    report = outbox(svc).deliver(seen.append)
+    assert (1, 1, ["m2"]) == (report.delivered, report.withdrawn, [n.member_id for n in seen])

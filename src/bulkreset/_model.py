@@ -27,6 +27,7 @@ __all__ = [
     "ALL",
     "AuditEvent",
     "AuthResult",
+    "ChangeRequest",
     "ChunkResult",
     "Exclusion",
     "ExclusionReason",
@@ -798,6 +799,36 @@ class ResultSummary:
             if is_unfinished(outcome):
                 unfinished.append(outcome.member_id)
         return cls(dict(counts), tuple(unfinished))
+
+
+@attrs.frozen
+class ChangeRequest:
+    """One change request as an administrator sees it: never its token.
+
+    Attributes:
+        member_id: The member it lets set a password.
+        plan_id: The plan that issued it.
+        issued_at: When it was issued (aware UTC).
+        expires_at: When it stops working (aware UTC).
+        used_at: When the member used it, or ``None``.
+        revoked_at: When it was superseded by a newer request or cancelled, or ``None``.
+        status: ``"live"`` (usable now), ``"used"``, ``"expired"``, ``"revoked"``
+            (superseded or cancelled), or ``"dead"`` (the password changed
+            after it was issued).
+    """
+
+    member_id: str
+    plan_id: str
+    issued_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
+    revoked_at: datetime | None
+    status: Literal["live", "used", "expired", "revoked", "dead"]
+
+    @property
+    def live(self) -> bool:
+        """Whether the member can still use it."""
+        return self.status == "live"
 
 
 @attrs.frozen

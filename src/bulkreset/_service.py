@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
+from typing import Literal
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -21,6 +22,7 @@ from ._model import (
     ALL,
     AuditEvent,
     AuthResult,
+    ChangeRequest,
     ChunkResult,
     Member,
     MemberStatus,
@@ -48,6 +50,7 @@ from .errors import (
     TemporaryPasswordExpiredError,
 )
 from .ports import (
+    ChangeRequestStorage,
     ChunkedStorage,
     CredentialWrite,
     Notifier,
@@ -56,6 +59,7 @@ from .ports import (
     SessionStore,
     SetBasedStorage,
     Storage,
+    TokenRecord,
 )
 from .ports import Credential as _Credential
 
@@ -78,6 +82,29 @@ AuditSink = Callable[[AuditEvent], None]
 
 
 _MAX_LOGIN_LENGTH = 1024
+
+
+def _change_request(record: TokenRecord, generation: int, now: datetime) -> ChangeRequest:
+    status: Literal["live", "used", "expired", "revoked", "dead"]
+    if record.used_at is not None:
+        status = "used"
+    elif record.revoked_at is not None:
+        status = "revoked"
+    elif now >= record.expires_at:
+        status = "expired"
+    elif record.generation != generation:
+        status = "dead"
+    else:
+        status = "live"
+    return ChangeRequest(
+        member_id=record.member_id,
+        plan_id=record.plan_id,
+        issued_at=record.issued_at,
+        expires_at=record.expires_at,
+        used_at=record.used_at,
+        revoked_at=record.revoked_at,
+        status=status,
+    )
 
 
 def _expired(credential: _Credential, now: datetime) -> bool:
@@ -634,6 +661,100 @@ class ResetService:
             if left == 0 or wait is None:
                 return final
             self._sleep(wait)
+
+    # ------------------------------------------------------------------ change requests
+
+    def _request_store(self) -> ChangeRequestStorage:
+        if not isinstance(self.store, ChangeRequestStorage):
+            raise InvalidInputError(
+                f"{type(self.store).__name__} cannot list change requests "
+                "(it is not a bulkreset.ports.ChangeRequestStorage)"
+            )
+        return self.store
+
+    def change_requests(
+        self, *, member_id: str | None = None, plan_id: str | None = None, live_only: bool = False
+    ) -> list[ChangeRequest]:
+        """The change requests of a member, of a plan, or (neither given) all, oldest first.
+
+        Each says when it was issued and expires, whether it was used, and
+        its status; never its token.
+
+        Args:
+            member_id: Only this member's.
+            plan_id: Only this plan's.
+            live_only: Only those the member can still use.
+
+        Raises:
+            InvalidInputError: the store cannot list change requests, or an
+                ID is not a string.
+        """
+        store = self._request_store()
+        for value in (member_id, plan_id):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInputError("member_id and plan_id are strings")
+        now = self._now()
+        records = store.list_tokens(member_id=member_id, plan_id=plan_id)
+        generations = {
+            i: c.generation
+            for i, c in self.store.get_credentials({r.member_id for r in records}).items()
+        }
+        found = [_change_request(r, generations.get(r.member_id, 0), now) for r in records]
+        return [c for c in found if c.live] if live_only else found
+
+    def cancel_change_requests(
+        self,
+        *,
+        actor: str,
+        member_id: str | None = None,
+        plan_id: str | None = None,
+        everyone: bool = False,
+    ) -> int:
+        """Cancel live change requests: a member's, a plan's, both filters, or everyone's.
+
+        A cancelled token fails in :meth:`redeem` and :meth:`check_token`
+        like any dead one, and a notice still waiting in the outbox with its
+        link is withdrawn instead of delivered. Each cancellation is an audit
+        event ``request.cancelled`` naming *actor*.
+
+        Args:
+            actor: Member ID of the administrator cancelling.
+            member_id: Cancel this member's requests.
+            plan_id: Cancel this plan's requests.
+            everyone: Cancel every live request (needed when neither filter is given).
+
+        Returns:
+            How many requests were cancelled.
+
+        Raises:
+            InvalidInputError: no filter and not *everyone*, or the store
+                cannot cancel change requests.
+            AuthorizationError: *actor* is not an active administrator.
+        """
+        store = self._request_store()
+        if member_id is None and plan_id is None and not everyone:
+            raise InvalidInputError("name a member_id or a plan_id, or pass everyone=True")
+        admin = self._authorize(actor)
+        now = self._now()
+        records = store.list_tokens(member_id=member_id, plan_id=plan_id)
+        generations = {
+            i: c.generation
+            for i, c in self.store.get_credentials({r.member_id for r in records}).items()
+        }
+        live = [r for r in records if _change_request(r, generations.get(r.member_id, 0), now).live]
+        events = {
+            r.digest: AuditEvent(
+                at=now,
+                action="request.cancelled",
+                actor=admin.member_id,
+                plan_id=r.plan_id,
+                member_id=r.member_id,
+            )
+            for r in live
+        }
+        done = store.cancel_tokens([r.digest for r in live], now, events)
+        self._emit([events[d] for d in done])
+        return len(done)
 
     # ------------------------------------------------------------------ member flows
 

@@ -37,6 +37,7 @@ from ._model import (
 )
 
 __all__ = [
+    "ChangeRequestStorage",
     "ChunkClaim",
     "ChunkRequest",
     "ChunkTally",
@@ -498,3 +499,27 @@ class ChunkedStorage(Protocol):
 
     def chunks_left(self, plan_id: str) -> tuple[int, int]:
         """``(chunks not yet done, all chunks)``; ``(0, 0)`` for a plan never split."""
+
+
+@runtime_checkable
+class ChangeRequestStorage(Protocol):
+    """Optional: a store that lists and cancels change requests (every shipped store does).
+
+    ``ResetService.change_requests`` and ``cancel_change_requests`` need it.
+    """
+
+    def list_tokens(
+        self, *, member_id: str | None = None, plan_id: str | None = None
+    ) -> list[TokenRecord]:
+        """The stored change requests of a member and/or a plan (every one without
+        filters), oldest first."""
+
+    def cancel_tokens(
+        self, digests: Sequence[str], at: datetime, audit: Mapping[str, AuditEvent]
+    ) -> list[str]:
+        """Revoke the tokens with these digests that are still unused and unrevoked, at *at*,
+        and append ``audit[digest]`` for each one revoked, atomically.
+
+        Returns:
+            The digests revoked.
+        """

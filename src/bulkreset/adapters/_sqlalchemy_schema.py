@@ -145,7 +145,7 @@ tokens = _table(
     "tokens",
     sa.Column("digest", sa.String(SHORT), primary_key=True),
     sa.Column("member_id", sa.String(ID), nullable=False, index=True),
-    sa.Column("plan_id", sa.String(SHORT), nullable=False),
+    sa.Column("plan_id", sa.String(SHORT), nullable=False, index=True),
     sa.Column("issued_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
     sa.Column("generation", sa.Integer, nullable=False),

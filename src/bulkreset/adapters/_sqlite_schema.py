@@ -220,6 +220,8 @@ _V6 = (
 _V7 = (
     # A force change's temporary password stops signing in at this instant.
     "ALTER TABLE credentials ADD COLUMN expires_at TEXT",
+    # An administrator lists and cancels a plan's change requests.
+    "CREATE INDEX tokens_by_plan ON tokens (plan_id)",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)

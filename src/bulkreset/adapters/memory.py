@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -263,6 +263,33 @@ class MemoryStorage:
             self._revoke_tokens(write.member_id, write.at)
             self._audit.append(audit)
             return True
+
+    def list_tokens(
+        self, *, member_id: str | None = None, plan_id: str | None = None
+    ) -> list[TokenRecord]:
+        with self._lock:
+            found = [
+                t
+                for t in self._tokens.values()
+                if (member_id is None or t.member_id == member_id)
+                and (plan_id is None or t.plan_id == plan_id)
+            ]
+        return sorted(found, key=lambda t: t.issued_at)
+
+    def cancel_tokens(
+        self, digests: Sequence[str], at: datetime, audit: Mapping[str, AuditEvent]
+    ) -> list[str]:
+        with self._lock:
+            done = []
+            for digest in dict.fromkeys(digests):
+                token = self._tokens.get(digest)
+                if token is None or token.used_at is not None or token.revoked_at is not None:
+                    continue
+                self._tokens[digest] = attrs.evolve(token, revoked_at=at)
+                if digest in audit:
+                    self._audit.append(audit[digest])
+                done.append(digest)
+            return done
 
     # audit -------------------------------------------------------------------
 

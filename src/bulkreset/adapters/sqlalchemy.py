@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
@@ -1315,6 +1315,46 @@ class SqlAlchemyStorage:
             self._revoke_tokens(conn, write.member_id, write.at, digest)
             conn.execute(audit_log.insert().values(_audit_row(audit)))
             return True
+
+    def list_tokens(
+        self, *, member_id: str | None = None, plan_id: str | None = None
+    ) -> list[TokenRecord]:
+        """The stored change requests of a member and/or a plan, oldest first.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        if not _storable(member_id or "") or not _storable(plan_id or "", SHORT):
+            return []
+        stmt = sa.select(tokens).order_by(tokens.c.issued_at, tokens.c.digest)
+        if member_id is not None:
+            stmt = stmt.where(tokens.c.member_id == member_id)
+        if plan_id is not None:
+            stmt = stmt.where(tokens.c.plan_id == plan_id)
+        return [_token_from_row(r) for r in self._read(stmt)]
+
+    def cancel_tokens(
+        self, digests: Sequence[str], at: datetime, audit: Mapping[str, AuditEvent]
+    ) -> list[str]:
+        """Revoke these tokens if still unused and unrevoked; append their audit events.
+
+        Raises:
+            StorageError: the database failed; nothing is written.
+        """
+        t = tokens
+        done = []
+        with self._write() as conn:
+            for digest in dict.fromkeys(d for d in digests if _storable(d, SHORT)):
+                revoked = conn.execute(
+                    t.update()
+                    .where(t.c.digest == digest, t.c.used_at.is_(None), t.c.revoked_at.is_(None))
+                    .values(revoked_at=at)
+                )
+                if revoked.rowcount == 1:
+                    done.append(digest)
+                    if digest in audit:
+                        conn.execute(audit_log.insert().values(_audit_row(audit[digest])))
+        return done
 
     # audit ---------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
@@ -296,6 +296,11 @@ WHERE c.member_id IN (SELECT value FROM json_each(?))
 
 
 _AUDIT_SELECT = "SELECT at, action, actor, plan_id, member_id, detail FROM audit"
+
+_REQUEST_COLUMNS = (
+    "digest, member_id, plan_id, issued_at, expires_at, generation, used_at, revoked_at"
+)
+"""The ``tokens`` columns, in the order ``_token_from_row`` reads them."""
 
 
 def _audit_from_row(row: Sequence[Any]) -> AuditEvent:
@@ -993,8 +998,7 @@ class SqliteStorage:
         if not _encodable(digest):
             return None
         rows = self._db.select(
-            "SELECT digest, member_id, plan_id, issued_at, expires_at, generation, used_at, "
-            "revoked_at FROM tokens WHERE digest = ?",
+            f"SELECT {_REQUEST_COLUMNS} FROM tokens WHERE digest = ?",  # noqa: S608 (fixed names)
             (digest,),
         )
         return _token_from_row(rows[0]) if rows else None
@@ -1026,6 +1030,48 @@ class SqliteStorage:
             conn.execute(_REVOKE_TOKENS, (to_iso(write.at), write.member_id, digest))
             conn.execute(_INSERT_AUDIT, _audit_params(audit))
             return True
+
+    def list_tokens(
+        self, *, member_id: str | None = None, plan_id: str | None = None
+    ) -> list[TokenRecord]:
+        """The stored change requests of a member and/or a plan, oldest first.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        if not all(v is None or _encodable(v) for v in (plan_id, member_id)):
+            return []
+        clauses, params = ["1"], []
+        for column, value in (("member_id", member_id), ("plan_id", plan_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = " AND ".join(clauses)  # fixed column names; the values are parameters
+        sql = f"SELECT {_REQUEST_COLUMNS} FROM tokens WHERE {where} ORDER BY issued_at, rowid"  # noqa: S608
+        rows = self._db.select(sql, params)
+        return [_token_from_row(r) for r in rows]
+
+    def cancel_tokens(
+        self, digests: Sequence[str], at: datetime, audit: Mapping[str, AuditEvent]
+    ) -> list[str]:
+        """Revoke these tokens if still unused and unrevoked; append their audit events.
+
+        Raises:
+            StorageError: SQLite failed; nothing is written.
+        """
+        done = []
+        with self._db.write() as conn:
+            for digest in dict.fromkeys(d for d in digests if _encodable(d)):
+                cursor = conn.execute(
+                    "UPDATE tokens SET revoked_at = ? "
+                    "WHERE digest = ? AND used_at IS NULL AND revoked_at IS NULL",
+                    (to_iso(at), digest),
+                )
+                if cursor.rowcount == 1:
+                    done.append(digest)
+                    if digest in audit:
+                        conn.execute(_INSERT_AUDIT, _audit_params(audit[digest]))
+        return done
 
     # audit -------------------------------------------------------------------
 
