@@ -632,6 +632,26 @@ def test_apply_human_summary_and_json_report(run: Run, db: str, tmp_path: Path) 
     assert 4 == json.loads(report.read_text())["outcomes"]["requested"]
 
 
+def test_a_staged_apply_then_the_rest(run: Run, db: str) -> None:
+    """apply --limit 1 applies one target and says how many are left; apply continues."""
+    plan = _plan(run, db)
+    args = ["--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"]]
+    code, out, _ = run(*args, "--limit", "1", "--json")
+    document = json.loads(out)
+    assert (0, 1, 2, 2) == (
+        code,
+        document["outcomes"]["reset"],
+        document["outcomes"]["pending"],
+        document["remaining"],
+    )
+    code, out, _ = run(*args, "--limit", "1")
+    assert (0, True) == (code, "1 target(s) left for later" in out)
+    code, out, _ = run(*args, "--json")
+    assert (0, 3, 0) == (code, json.loads(out)["outcomes"]["reset"], json.loads(out)["remaining"])
+    code, _, err = run(*args, "--limit", "0")
+    assert (2, True) == (code, "at least 1" in one_line_error(err))
+
+
 def test_apply_wrong_code_is_refused(run: Run, db: str, service: ResetService) -> None:
     """A wrong confirmation code: exit 2, nothing applied."""
     plan = _plan(run, db)

@@ -1030,3 +1030,51 @@ def test_cancelling_needs_a_filter_and_an_administrator(service: ResetService) -
     with pytest.raises(InvalidInputError):
         service.change_requests(member_id=42)  # type: ignore[arg-type]
     assert 1 == len(service.change_requests(live_only=True))
+
+
+# ----------------------------------------------------------------- staged (canary) apply
+
+
+def test_a_staged_apply_does_the_first_n_then_continues(
+    make_service: ServiceFactory, clock: FakeClock
+) -> None:
+    """limit=N applies the first N targets; the rest are PENDING; a later apply continues;
+    the plan finishes (and erases its secrets) only when every target is done."""
+    members = [Member("admin", "admin@corp.example", role="admin")] + [
+        Member(f"u{i}", f"u{i}@corp.example", personal_email=f"u{i}@home.example") for i in range(7)
+    ]
+    service = make_service(members, chunk_size=2)
+    plan = service.plan(ALL, force(deliver_password=True), actor="admin")
+    canary = service.apply(plan, confirm=plan.confirmation, limit=3)
+    assert (3, 4, False) == (canary.count(Outcome.RESET), canary.remaining, canary.ok)
+    assert ["reset"] * 3 + ["pending"] * 4 == [
+        canary.outcomes[f"u{i}"].outcome.value for i in range(7)
+    ]
+    assert "pending=4" in repr(canary)
+    assert service.authenticate("u2@corp.example", PW).ok
+    assert not service.authenticate("u3@corp.example", PW).ok
+    record = service.store.load_plan(plan.plan_id)
+    assert record is not None
+    assert (None, PW) == (record.finished_at, record.password)  # still open, secret kept
+    clock.advance(hours=2)  # past plan_ttl: a started plan always continues
+    second = service.apply(plan, confirm=plan.confirmation, limit=2)
+    assert (5, 2) == (second.count(Outcome.RESET), second.remaining)
+    rest = service.apply(plan, confirm=plan.confirmation)
+    assert (7, 0, True) == (rest.count(Outcome.RESET), rest.remaining, rest.ok)
+    assert "pending" not in repr(rest)
+    record = service.store.load_plan(plan.plan_id)
+    assert record is not None
+    assert record.finished_at is not None
+    assert record.password is None
+    notifier: Any = service.notifier
+    sent = notifier.sent if hasattr(notifier, "sent") else notifier.pending()
+    assert 7 == len([n for n in sent if n.kind is NoticeKind.PASSWORD_RESET])  # once each
+
+
+def test_a_staged_apply_needs_a_positive_limit(service: ResetService) -> None:
+    """limit must be a whole number of at least 1; nothing is applied otherwise."""
+    plan = service.plan(["m1"], force(), actor="admin")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidInputError):
+            service.apply(plan, confirm=plan.confirmation, limit=bad)  # type: ignore[arg-type]
+    assert service.authenticate("mina.kim@corp.example", PW).ok is False

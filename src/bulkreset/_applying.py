@@ -111,9 +111,13 @@ class ApplyRun:
         *,
         owner: str,
         claim: ChunkClaim | None = None,
+        limit: int | None = None,
     ) -> None:
         self.service = service
         self.owner = owner
+        # A staged apply: work on at most this many targets not yet worked on, then stop.
+        self.budget = limit
+        self.remaining = 0  # targets a staged apply left for later
         self.claim = claim  # a worker's chunk: its lease, not the plan's, fences the writes
         self.store = service.store
         self.record = record
@@ -136,8 +140,9 @@ class ApplyRun:
         self.all_notified = False
         self.deferred = False  # the notifier asked to retry later: send no more now
         store = service.store
-        # The set-based path renews the plan's lease inside its transaction: whole applies only.
-        whole = claim is None
+        # The set-based path renews the plan's lease inside its transaction, and applies
+        # whole chunks: whole, unstaged applies only.
+        whole = claim is None and limit is None
         self.set_based = store if whole and isinstance(store, SetBasedStorage) else None
         # Each member's credential gets its own hash: generated passwords, or one shared
         # password hashed once per member for a store that asks for it (SPEC §5).
@@ -182,8 +187,15 @@ class ApplyRun:
                 continue
             step = min(size, self.service._chunk_size)
             for part in range(start, stop, step):
-                self._apply_by_ports(self.plan.targets[part : min(part + step, stop)])
-                self._report(min(part + step, stop) - first, total - first)
+                end = min(part + step, stop)
+                if self.budget is not None and self.budget <= 0:
+                    self._leave_for_later(part, total)
+                    break
+                self._apply_by_ports(self.plan.targets[part:end])
+                self._report(end - first, total - first)
+            else:
+                continue
+            break
         if self.force:
             self._retry_revocations()
 
@@ -191,11 +203,26 @@ class ApplyRun:
         if self.callback is not None:
             self.callback(done, total)
 
+    def _leave_for_later(self, start: int, total: int) -> None:
+        """A staged apply spent its budget: count the targets from *start* not yet worked on."""
+        for part in chunks(self.plan.targets[start:total], self.service._chunk_size):
+            done = self.store.get_progress(self.plan.plan_id, [m.member_id for m in part])
+            left = sum(1 for m in part if m.member_id not in done)
+            self.remaining += left
+            self.counts[Outcome.PENDING] += left
+
     def _apply_by_ports(self, chunk: Sequence[Member]) -> None:
         """The port-by-port path: effects, then sessions, then notices, each recorded."""
         self._renew_lease()
         ids = [m.member_id for m in chunk]
         self.rows = self.store.get_progress(self.plan.plan_id, ids)
+        if self.budget is not None:  # a staged apply: only as many new targets as it may
+            new = [i for i, member_id in enumerate(ids) if member_id not in self.rows]
+            if len(new) > self.budget:
+                cut = new[self.budget]
+                self._leave_for_later_in(chunk[cut:])
+                chunk, ids = chunk[:cut], ids[:cut]
+            self.budget -= min(len(new), self.budget)
         self._tokens.clear()
         self._store_effects(chunk)
         if self.force:
@@ -253,6 +280,12 @@ class ApplyRun:
         self.service._emit(tally.events)
         self.counts.update(tally.counts)
         return True
+
+    def _leave_for_later_in(self, rest: Sequence[Member]) -> None:
+        """Count the members of *rest* (the end of a chunk) a staged apply does not reach."""
+        left = sum(1 for m in rest if m.member_id not in self.rows)
+        self.remaining += left
+        self.counts[Outcome.PENDING] += left
 
     def _record_plan_exclusions(self) -> None:
         """Record the plan's exclusions as outcomes (once), so results read one table."""
@@ -692,7 +725,11 @@ class ApplyRun:
         # The plan's secrets may go once no member can need them again.
         self.all_notified = not self.secrets_needed
         outcomes: Mapping[str, MemberOutcome] = StoredOutcomes(
-            self.store, self.plan, self.failed, page_size=self.service._chunk_size
+            self.store,
+            self.plan,
+            self.failed,
+            page_size=self.service._chunk_size,
+            staged=self.remaining > 0,
         )
         if self.plan.selected <= IN_MEMORY_LIMIT:  # small: read it all now
             outcomes = dict(outcomes.items())
@@ -725,6 +762,12 @@ def _replace(row: MemberOutcome, **changes: Any) -> MemberOutcome:
     return MemberOutcome(row.member_id, row.outcome, **fields)
 
 
+def _left_for_later(member: Member) -> MemberOutcome:
+    return MemberOutcome(
+        member.member_id, Outcome.PENDING, "staged: not applied yet", login_id=member.login_id
+    )
+
+
 def _not_applied(member: Member) -> MemberOutcome:
     return MemberOutcome(member.member_id, Outcome.FAILED, "not applied", login_id=member.login_id)
 
@@ -745,18 +788,21 @@ class StoredOutcomes(Mapping[str, MemberOutcome]):
         failed: Mapping[str, MemberOutcome],
         *,
         page_size: int,
+        staged: bool = False,
     ) -> None:
         self._store = store
         self._plan = plan
         self._failed = dict(failed)
         self._page_size = page_size
+        # A staged apply left targets for later: without progress, they are PENDING.
+        self._missing = _left_for_later if staged else _not_applied
 
     def pages(self) -> Iterator[list[MemberOutcome]]:
         """The outcomes, a page at a time, in plan order."""
         for part in chunks(self._plan.targets, self._page_size):
             rows = self._store.get_progress(self._plan.plan_id, [m.member_id for m in part])
             yield [
-                self._failed.get(m.member_id) or rows.get(m.member_id) or _not_applied(m)
+                self._failed.get(m.member_id) or rows.get(m.member_id) or self._missing(m)
                 for m in part
             ]
         for excluded in chunks(self._plan.excluded, self._page_size):
@@ -778,9 +824,13 @@ class StoredOutcomes(Mapping[str, MemberOutcome]):
         if member_id in self._failed:
             return self._failed[member_id]
         row = self._store.get_progress(self._plan.plan_id, [member_id]).get(member_id)
-        if row is None:
-            raise KeyError(member_id)
-        return row
+        if row is not None:
+            return row
+        if self._missing is _left_for_later:  # a target left for later, if it is one
+            for member in self._plan.targets:
+                if member.member_id == member_id:
+                    return _left_for_later(member)
+        raise KeyError(member_id)
 
     def values(self) -> ValuesView[MemberOutcome]:
         return _PagedValues(self)

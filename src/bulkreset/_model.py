@@ -134,6 +134,8 @@ class Outcome(_Choice):
     REQUESTED = "requested"
     EXCLUDED = "excluded"
     FAILED = "failed"
+    PENDING = "pending"
+    """Not applied yet: a staged apply (``apply(..., limit=N)``) stopped before this target."""
 
 
 class NoticeKind(_Choice):
@@ -895,8 +897,17 @@ class ResetResult:
         return self._summary().counts.get(outcome, 0)
 
     def counts(self) -> dict[Outcome, int]:
-        """Every outcome with its count (zeros included)."""
-        return {outcome: self.count(outcome) for outcome in Outcome}
+        """Every outcome with its count (zeros included; ``PENDING`` only in a staged result)."""
+        return {
+            outcome: self.count(outcome)
+            for outcome in Outcome
+            if outcome is not Outcome.PENDING or self.count(outcome)
+        }
+
+    @property
+    def remaining(self) -> int:
+        """Targets a staged apply (``limit=N``) left for a later apply (``PENDING``)."""
+        return self.count(Outcome.PENDING)
 
     def __iter__(self) -> Iterator[MemberOutcome]:
         return iter(self.outcomes.values())
@@ -908,8 +919,9 @@ class ResetResult:
 
     @property
     def ok(self) -> bool:
-        """True when every target is fully done: no failure, no unconfirmed sign-out or notice."""
-        return not self.unfinished
+        """True when every target is fully done: no failure, no unconfirmed sign-out or
+        notice, none left for later."""
+        return not self.unfinished and not self.remaining
 
     def raise_for_failures(self) -> None:
         """Raise if any target failed or is not fully done; never raises on its own.
@@ -928,8 +940,8 @@ class ResetResult:
 
     def _repr_html_(self) -> str:
         summary = _table(
-            ("plan", *(o.value for o in Outcome)),
-            [(self.plan_id, *(self.count(o) for o in Outcome))],
+            ("plan", *(o.value for o in self.counts())),
+            [(self.plan_id, *self.counts().values())],
         )
         rows = (
             (

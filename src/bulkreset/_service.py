@@ -403,6 +403,7 @@ class ResetService:
         confirm: str | None,
         progress: ProgressCallback | None = None,
         handoff: str | os.PathLike[str] | None = None,
+        limit: int | None = None,
     ) -> ResetResult:
         """Apply a confirmed plan; safe to call again to resume or re-check it.
 
@@ -422,6 +423,12 @@ class ResetService:
                 reset member's temporary password to, as CSV (member ID,
                 login ID, password), created owner-only (mode 0600). Needed
                 unless the policy delivers the passwords in the notices.
+            limit: A staged (canary) apply: work on at most this many targets
+                not yet worked on, in plan order, and stop. The others are
+                ``Outcome.PENDING`` in the result (``result.remaining``
+                counts them); a later ``apply`` (with or without a limit)
+                continues where this one stopped. The plan stays open, and
+                keeps its secrets, until every target is done.
 
         Returns:
             A :class:`ResetResult` covering every selected member.
@@ -435,9 +442,13 @@ class ResetService:
                 crashed apply lapses within 2 minutes).
             AuthorizationError: the plan's actor is no longer an active administrator.
             InvalidInputError: generated passwords with neither
-                ``deliver_password`` nor *handoff*, or a *handoff* path that
-                exists or whose directory does not.
+                ``deliver_password`` nor *handoff*, a *handoff* path that
+                exists or whose directory does not, or a *limit* below 1.
         """
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise InvalidInputError("limit must be a whole number of at least 1")
         record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
         if not _planning.codes_match(confirm, record.plan.confirmation):
             raise ConfirmationError("the confirmation code does not match the plan")
@@ -476,13 +487,13 @@ class ResetService:
         finished: datetime | None = None
         all_notified = False
         try:
-            run = ApplyRun(self, record, progress, owner=owner)
+            run = ApplyRun(self, record, progress, owner=owner, limit=limit)
             result = run.execute()
             if handoff_file is not None:
                 run.write_handoff(handoff_file, result)
                 handoff_file = None
-            all_notified = run.all_notified
-            finished = result.finished_at if not result.unfinished else None
+            all_notified = run.all_notified and not run.remaining
+            finished = result.finished_at if result.ok else None
         finally:
             if handoff_file is not None:  # the apply failed before writing it
                 handoff_file.discard()

@@ -8,7 +8,7 @@ Subcommands (SPEC §8)::
                              [--then-request] [--deliver-password] [--generate-passwords]
                              [--json]
     bulkreset --db PATH apply PLAN_ID [--confirm CODE] [--report FILE.csv|FILE.json]
-                                      [--handoff FILE] [--json]
+                                      [--handoff FILE] [--limit N] [--json]
     bulkreset --db PATH outbox [--json] [--send --smtp HOST:PORT [--starttls | --tls]
                                [--user NAME --password-file FILE] [--rate N/s]
                                [--from ADDRESS] [--link URL] [--timezone ZONE]]
@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="plans with generated passwords: write every reset member's temporary password "
         "to this new file, readable by its owner only (delete it once handed over)",
+    )
+    apply.add_argument(
+        "--limit",
+        metavar="N",
+        type=_at_least_one,
+        help="a staged (canary) apply: only the first N targets not yet applied; "
+        "apply again to continue",
     )
     apply.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -538,6 +545,7 @@ def result_document(result: ResetResult, report: Path | None = None) -> dict[str
         "plan_id": result.plan_id,
         "outcomes": {outcome.value: count for outcome, count in result.counts().items()},
         "unfinished": len(result.unfinished),
+        "remaining": result.remaining,
         "started_at": result.started_at.isoformat(),
         "finished_at": result.finished_at.isoformat(),
         "report": str(report) if report is not None else None,
@@ -557,8 +565,24 @@ def _print_result(result: ResetResult, plan: ResetPlan, report: Path | None) -> 
             f"{unfinished - failed:,} member(s) are reset but their sign-out or notice is "
             "not yet confirmed: apply the plan again to retry."
         )
+    if result.remaining:
+        _out(
+            f"Staged apply: {result.remaining:,} target(s) left for later; apply the plan "
+            "again (with or without --limit) to continue."
+        )
     if report is not None:
         _out(f"Report written to {report}.")
+
+
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
@@ -570,7 +594,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         code = args.confirm if args.confirm is not None else _ask_confirmation(plan)
         bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
         try:
-            result = service.apply(plan, confirm=code, progress=bar, handoff=args.handoff)
+            result = service.apply(
+                plan, confirm=code, progress=bar, handoff=args.handoff, limit=args.limit
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -594,7 +620,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
                 )
     finally:
         _close(service)
-    return 0 if result.ok else 1  # failed, not signed out, or not notified yet
+    # 1: failed, not signed out, or not notified yet (targets a staged apply left are not)
+    return 1 if result.unfinished else 0
 
 
 # ---------------------------------------------------------------------- outbox
