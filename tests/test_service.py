@@ -29,6 +29,7 @@ from bulkreset import (
     WarningKind,
 )
 from bulkreset.errors import (
+    ApprovalRequiredError,
     AuthorizationError,
     ConfirmationError,
     InvalidCredentialsError,
@@ -1078,3 +1079,47 @@ def test_a_staged_apply_needs_a_positive_limit(service: ResetService) -> None:
         with pytest.raises(InvalidInputError):
             service.apply(plan, confirm=plan.confirmation, limit=bad)  # type: ignore[arg-type]
     assert service.authenticate("mina.kim@corp.example", PW).ok is False
+
+
+# ----------------------------------------------------------------- two-person approval
+
+
+def test_a_big_plan_needs_a_second_administrator(make_service: ServiceFactory) -> None:
+    """Above approval_threshold, apply (and split) refuse until another active
+    administrator approves; the planner may not; the approval is audited once."""
+    service = make_service(approval_threshold=2)
+    small = service.plan(["m1", "m2"], force(), actor="admin")
+    assert not any("approve" in p for p in small.precautions)
+    service.apply(small, confirm=small.confirmation)  # at the threshold: no approval needed
+    big = service.plan(["m1", "m2", "m3"], force(), actor="admin")
+    assert any("second administrator must approve" in p for p in big.precautions)
+    with pytest.raises(ApprovalRequiredError, match="approve"):
+        service.apply(big, confirm=big.confirmation)
+    with pytest.raises(AuthorizationError, match="made a plan"):
+        service.approve(big, approver="admin")
+    with pytest.raises(AuthorizationError):
+        service.approve(big, approver="m1")  # not an administrator
+    service.approve(big.plan_id, approver="admin2")
+    service.approve(big.plan_id, approver="boss")  # already approved: nothing changes
+    record = service.store.load_plan(big.plan_id)
+    assert record is not None
+    assert "admin2" == record.approved_by
+    approvals = [
+        e for e in service.audit_events(plan_id=big.plan_id) if e.action == "plan.approved"
+    ]
+    assert ["admin2"] == [e.actor for e in approvals]
+    assert 3 == service.apply(big, confirm=big.confirmation).count(Outcome.RESET)
+
+
+def test_a_super_administrators_plan_needs_a_super_administrator(
+    make_service: ServiceFactory,
+) -> None:
+    """An ADMIN may not approve a SUPER_ADMIN's plan; zero makes every plan need approval."""
+    service = make_service(approval_threshold=0)
+    plan = service.plan(["m1"], force(), actor="boss")
+    with pytest.raises(ApprovalRequiredError):
+        service.apply(plan, confirm=plan.confirmation)
+    with pytest.raises(AuthorizationError, match="super administrator"):
+        service.approve(plan, approver="admin")
+    with pytest.raises(InvalidInputError):
+        make_service(approval_threshold=-1)

@@ -23,6 +23,7 @@ from bulkreset.adapters.sqlalchemy import (
     open_service,
 )
 from bulkreset.errors import (
+    ApprovalRequiredError,
     ConfirmationError,
     InvalidInputError,
     PlanInProgressError,
@@ -413,6 +414,19 @@ def test_concurrent_claims_get_different_chunks(chunked: ResetService, clock: Fa
         thread.join()
     assert list(range(13)) == sorted(got)
     assert (0, 13) == store.chunks_left(plan.plan_id)
+
+
+def test_an_unapproved_plan_is_not_split(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """With two-person approval, split and apply_chunk refuse a plan nobody approved."""
+    service = open_service(engine, clock=clock, hasher=cheap_hasher, approval_threshold=0)
+    service.store.add_members(directory())  # type: ignore[attr-defined]
+    plan = service.plan(["m1"], force(), actor="admin")
+    with pytest.raises(ApprovalRequiredError):
+        service.split(plan, confirm=plan.confirmation)
+    service.approve(plan, approver="admin2")
+    assert 1 == service.split(plan, confirm=plan.confirmation)
 
 
 def test_stores_that_cannot_split_say_so(cheap_hasher: argon2.PasswordHasher) -> None:

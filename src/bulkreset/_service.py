@@ -31,6 +31,7 @@ from ._model import (
     ResetPlan,
     ResetPolicy,
     ResetResult,
+    Role,
     Selection,
     SignInMethod,
     fold_login,
@@ -38,6 +39,7 @@ from ._model import (
 from ._passwords import PasswordRules, normalize_password
 from ._tokens import MAX_TOKEN_LENGTH, token_digest, token_is_live
 from .errors import (
+    ApprovalRequiredError,
     AuthorizationError,
     ConfirmationError,
     InvalidCredentialsError,
@@ -50,6 +52,7 @@ from .errors import (
     TemporaryPasswordExpiredError,
 )
 from .ports import (
+    ApprovalStorage,
     ChangeRequestStorage,
     ChunkedStorage,
     CredentialWrite,
@@ -148,6 +151,12 @@ class ResetService:
             (default :func:`time.sleep`; tests pass one that moves a fake clock).
         hash_workers: Hashes computed at once for generated per-member
             passwords (default: one per core; see :mod:`bulkreset._hashing`).
+        approval_threshold: Two-person approval: a plan with more targets than
+            this cannot be applied (nor split for workers) until a second
+            administrator approves it with :meth:`approve`; ``0`` makes every
+            plan need it; ``None`` (the default) none. It is the host's
+            setting, not the planner's, so a planner cannot waive it; it is
+            checked when the plan is applied, against the setting then.
         lease: How long an apply's claim on its plan (or a worker's on its
             chunk) lasts unless renewed, as a :class:`~datetime.timedelta`
             (default 2 minutes, at least 1 second). It is renewed after every
@@ -172,7 +181,15 @@ class ResetService:
         sleep: Callable[[float], None] | None = None,
         hash_workers: int | None = None,
         lease: timedelta = LEASE,
+        approval_threshold: int | None = None,
     ) -> None:
+        if approval_threshold is not None and (
+            not isinstance(approval_threshold, int)
+            or isinstance(approval_threshold, bool)
+            or approval_threshold < 0
+        ):
+            raise InvalidInputError("approval_threshold must be a whole number, 0 or more")
+        self.approval_threshold = approval_threshold
         if not isinstance(lease, timedelta) or lease < timedelta(seconds=1):
             raise InvalidInputError("lease must be a timedelta of at least 1 second")
         if chunk_size is not None and (
@@ -355,7 +372,7 @@ class ResetService:
                 targets=(),
                 excluded=(),
                 warnings=(),
-                precautions=tally.precautions(settings),
+                precautions=tally.precautions(settings) + self._approval_precaution(tally.targets),
                 confirmation=_planning.new_confirmation_code(),
                 settings=settings,
             )
@@ -453,6 +470,7 @@ class ResetService:
         if not _planning.codes_match(confirm, record.plan.confirmation):
             raise ConfirmationError("the confirmation code does not match the plan")
         self._authorize(record.plan.actor)  # still an active administrator?
+        self._check_approved(record)
         settings = record.plan.settings
         if handoff is not None:
             if not settings.generate_passwords:
@@ -502,6 +520,72 @@ class ResetService:
             )
         return result
 
+    # ------------------------------------------------------------------ approval
+
+    def _needs_approval(self, targets: int) -> bool:
+        return self.approval_threshold is not None and targets > self.approval_threshold
+
+    def _approval_precaution(self, targets: int) -> tuple[str, ...]:
+        if not self._needs_approval(targets):
+            return ()
+        return (
+            f"This plan resets more than {self.approval_threshold:,} member(s): a second "
+            "administrator must approve it before it can be applied.",
+        )
+
+    def _check_approved(self, record: PlanRecord) -> None:
+        """Raise unless the plan is approved, or small enough not to need it."""
+        if record.approved_by is None and self._needs_approval(len(record.plan.targets)):
+            raise ApprovalRequiredError(
+                f"plan {record.plan.plan_id} has {len(record.plan.targets):,} target(s), more "
+                f"than {self.approval_threshold:,}: a second administrator must approve it first"
+            )
+
+    def approve(self, plan: ResetPlan | str, *, approver: str) -> None:
+        """Approve a plan as the second administrator (two-person approval).
+
+        The approval is recorded with the plan and in the audit log
+        (``plan.approved``, naming *approver*). Approving a plan approved
+        already changes nothing.
+
+        Args:
+            plan: The :class:`ResetPlan` or its ID.
+            approver: Member ID of the approving administrator: active, an
+                administrator of at least the planner's role, and not the
+                planner.
+
+        Raises:
+            PlanNotFoundError: the store has no such plan.
+            AuthorizationError: *approver* is not an active administrator, is
+                the planner, or ranks below the planner.
+            StalePlanError: the plan never started and ``plan_ttl`` has passed.
+            InvalidInputError: the store cannot record approvals.
+        """
+        if not isinstance(self.store, ApprovalStorage):
+            raise InvalidInputError(
+                f"{type(self.store).__name__} cannot record approvals "
+                "(it is not a bulkreset.ports.ApprovalStorage)"
+            )
+        record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
+        admin = self._authorize(approver)
+        if admin.member_id == record.plan.actor:
+            raise AuthorizationError("the administrator who made a plan cannot approve it")
+        planner = self.store.get_members([record.plan.actor]).get(record.plan.actor)
+        if planner is not None and admin.role is Role.ADMIN and planner.role is Role.SUPER_ADMIN:
+            raise AuthorizationError("a super administrator's plan needs a super administrator")
+        now = self._now()
+        if record.started_at is None and now >= record.plan.expires_at:
+            raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
+        event = AuditEvent(
+            at=now,
+            action="plan.approved",
+            actor=admin.member_id,
+            plan_id=record.plan.plan_id,
+            detail=f"{len(record.plan.targets)} target(s), planned by {record.plan.actor}",
+        )
+        if self.store.approve_plan(record.plan.plan_id, admin.member_id, now, event):
+            self._emit([event])
+
     # ------------------------------------------------------------------ workers
 
     def _chunked_store(self) -> ChunkedStorage:
@@ -518,6 +602,7 @@ class ResetService:
         if not _planning.codes_match(confirm, record.plan.confirmation):
             raise ConfirmationError("the confirmation code does not match the plan")
         self._authorize(record.plan.actor)  # still an active administrator?
+        self._check_approved(record)
         settings = record.plan.settings
         if settings.generate_passwords and not settings.deliver_password:
             raise InvalidInputError(

@@ -8,6 +8,7 @@ The tree::
     │   ├── ImportFormatError       a CSV file cannot be imported; .row is the spreadsheet row
     │   └── PlanNotFoundError       no stored plan has that ID
     ├── AuthorizationError          (PermissionError) the actor may not plan a reset
+    │   └── ApprovalRequiredError   the plan needs a second administrator's approval
     ├── ConfirmationError           wrong or missing confirmation code
     ├── StalePlanError              the plan expired before it started
     ├── PlanInProgressError         another apply of the same plan is running
@@ -30,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "ApprovalRequiredError",
     "AuthorizationError",
     "BulkResetError",
     "ConfirmationError",
@@ -98,6 +100,11 @@ class PlanNotFoundError(InvalidInputError, KeyError):
 
 class AuthorizationError(BulkResetError, PermissionError):
     """The actor may not plan a reset: unknown, not active, or not an administrator."""
+
+
+class ApprovalRequiredError(AuthorizationError):
+    """The plan has more targets than ``ResetService(approval_threshold=...)`` allows
+    without a second administrator's approval (``ResetService.approve``), and has none."""
 
 
 class ConfirmationError(BulkResetError):

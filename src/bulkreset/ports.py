@@ -37,6 +37,7 @@ from ._model import (
 )
 
 __all__ = [
+    "ApprovalStorage",
     "ChangeRequestStorage",
     "ChunkClaim",
     "ChunkRequest",
@@ -146,6 +147,9 @@ class PlanRecord:
             same token; erased once every notice is out.
         started_at: When the first apply started, or ``None``.
         finished_at: When an apply last completed every member, or ``None``.
+        approved_by: The administrator who approved the plan (two-person
+            approval), or ``None``.
+        approved_at: When, or ``None``.
     """
 
     plan: ResetPlan
@@ -154,6 +158,8 @@ class PlanRecord:
     token_key: bytes | None = attrs.field(default=None, repr=False)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    approved_by: str | None = None
+    approved_at: datetime | None = None
 
 
 @attrs.frozen
@@ -522,4 +528,18 @@ class ChangeRequestStorage(Protocol):
 
         Returns:
             The digests revoked.
+        """
+
+
+@runtime_checkable
+class ApprovalStorage(Protocol):
+    """Optional: a store that records a second administrator's approval of a plan
+    (every shipped store does). ``ResetService(approval_threshold=...)`` needs it."""
+
+    def approve_plan(self, plan_id: str, approver: str, at: datetime, audit: AuditEvent) -> bool:
+        """Record *approver*'s approval and append *audit*, atomically, unless the plan
+        is approved already. Returns ``False`` (writing nothing) then.
+
+        Raises:
+            PlanNotFoundError: no such plan.
         """

@@ -105,6 +105,8 @@ plans = _table(
     sa.Column("finished_at", UtcDateTime),
     sa.Column("lease_owner", sa.String(SHORT)),
     sa.Column("lease_until", UtcDateTime),
+    sa.Column("approved_by", sa.String(ID)),
+    sa.Column("approved_at", UtcDateTime),
 )
 
 plan_entries = _table(

@@ -224,7 +224,13 @@ _V7 = (
     "CREATE INDEX tokens_by_plan ON tokens (plan_id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+_V8 = (
+    # Two-person approval: who approved a plan, and when.
+    "ALTER TABLE plans ADD COLUMN approved_by TEXT",
+    "ALTER TABLE plans ADD COLUMN approved_at TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 """``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

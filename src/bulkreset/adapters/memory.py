@@ -21,7 +21,7 @@ from .._clock import Clock, read_clock, system_clock
 from .._model import AuditEvent, Member, MemberOutcome, Notice, PlanEntry
 from .._planning import plan_from_entries
 from .._service import ResetService
-from ..errors import InvalidInputError, PlanInProgressError
+from ..errors import InvalidInputError, PlanInProgressError, PlanNotFoundError
 from ..ports import (
     Credential,
     CredentialWrite,
@@ -183,6 +183,17 @@ class MemoryStorage:
     def load_plan(self, plan_id: str) -> PlanRecord | None:
         with self._lock:
             return self._plans.get(plan_id)
+
+    def approve_plan(self, plan_id: str, approver: str, at: datetime, audit: AuditEvent) -> bool:
+        with self._lock:
+            record = self._plans.get(plan_id)
+            if record is None:
+                raise PlanNotFoundError(plan_id)
+            if record.approved_by is not None:
+                return False
+            self._plans[plan_id] = attrs.evolve(record, approved_by=approver, approved_at=at)
+            self._audit.append(audit)
+            return True
 
     def claim_plan(self, plan_id: str, owner: str, now: datetime, until: datetime) -> bool:
         with self._lock:

@@ -858,11 +858,13 @@ class SqlAlchemyStorage:
                 p.c.token_key,
                 p.c.started_at,
                 p.c.finished_at,
+                p.c.approved_by,
+                p.c.approved_at,
             ).where(p.c.plan_id == plan_id)
         )
         if not rows:
             return None
-        body, password_hash, password, token_key, started_at, finished_at = rows[0]
+        body, password_hash, password, token_key, started_at, finished_at, by, at = rows[0]
         return PlanRecord(
             codec.plan_from_header(body, partial(self._plan_section, plan_id)),
             password_hash=password_hash,
@@ -870,7 +872,30 @@ class SqlAlchemyStorage:
             token_key=None if token_key is None else bytes(token_key),
             started_at=started_at,
             finished_at=finished_at,
+            approved_by=by,
+            approved_at=at,
         )
+
+    def approve_plan(self, plan_id: str, approver: str, at: datetime, audit: AuditEvent) -> bool:
+        """Record the plan's approval and append *audit*, unless it is approved already.
+
+        Raises:
+            PlanNotFoundError: no such plan.
+            StorageError: the database failed; nothing is written.
+        """
+        p = plans
+        with self._write() as conn:
+            updated = conn.execute(
+                p.update()
+                .where(p.c.plan_id == plan_id, p.c.approved_by.is_(None))
+                .values(approved_by=approver, approved_at=at)
+            )
+            if updated.rowcount == 1:
+                conn.execute(audit_log.insert().values(_audit_row(audit)))
+                return True
+            if conn.execute(sa.select(p.c.plan_id).where(p.c.plan_id == plan_id)).first():
+                return False
+            raise PlanNotFoundError(plan_id)
 
     def _plan_section(self, plan_id: str, section: int, start: int, stop: int) -> list[Any]:
         e = plan_entries

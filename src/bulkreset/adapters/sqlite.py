@@ -690,13 +690,13 @@ class SqliteStorage:
         if not _encodable(plan_id):
             return None
         rows = self._db.select(
-            "SELECT body, password_hash, password, token_key, started_at, finished_at "
-            "FROM plans WHERE plan_id = ?",
+            "SELECT body, password_hash, password, token_key, started_at, finished_at, "
+            "approved_by, approved_at FROM plans WHERE plan_id = ?",
             (plan_id,),
         )
         if not rows:
             return None
-        body, password_hash, password, token_key, started_at, finished_at = rows[0]
+        body, password_hash, password, token_key, started_at, finished_at, by, at = rows[0]
         return PlanRecord(
             schema.plan_from_header(body, partial(self._plan_section, plan_id)),
             password_hash=password_hash,
@@ -704,7 +704,29 @@ class SqliteStorage:
             token_key=None if token_key is None else bytes(token_key),
             started_at=_parse(started_at),
             finished_at=_parse(finished_at),
+            approved_by=by,
+            approved_at=_parse(at),
         )
+
+    def approve_plan(self, plan_id: str, approver: str, at: datetime, audit: AuditEvent) -> bool:
+        """Record the plan's approval and append *audit*, unless it is approved already.
+
+        Raises:
+            PlanNotFoundError: no such plan.
+            StorageError: SQLite failed; nothing is written.
+        """
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE plans SET approved_by = ?, approved_at = ? "
+                "WHERE plan_id = ? AND approved_by IS NULL",
+                (approver, to_iso(at), plan_id),
+            )
+            if cursor.rowcount == 1:
+                conn.execute(_INSERT_AUDIT, _audit_params(audit))
+                return True
+            if conn.execute("SELECT 1 FROM plans WHERE plan_id = ?", (plan_id,)).fetchone():
+                return False
+            raise PlanNotFoundError(plan_id)
 
     def _plan_section(self, plan_id: str, section: int, start: int, stop: int) -> list[Any]:
         fetch = (self._plan_targets, self._plan_excluded, self._plan_warnings)[section]
