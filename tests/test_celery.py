@@ -207,3 +207,36 @@ def test_the_task_in_process(tmp_path: Path, cheap_hasher: argon2.PasswordHasher
     store.finish_chunk(plan.plan_id, 2, "live-worker", now)  # pretend it ended well
     idle = tasks.apply_chunk.apply((plan.plan_id, plan.confirmation)).get()
     assert (None, 0, False) == (idle["chunk"], idle["chunks_left"], idle["finished"])
+
+
+def test_the_task_retries_a_failing_database_but_not_a_wrong_code(
+    tmp_path: Path, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """A StorageError is retried (the plan must still finish); a wrong code is final."""
+    from celery import Celery
+
+    from bulkreset.celery import register_tasks
+    from bulkreset.errors import StorageError
+
+    service = open_service(f"sqlite:///{tmp_path / 'retry.db'}", create_tables=True)
+    service.store.add_members(  # type: ignore[attr-defined]
+        [Member("admin", "admin@corp.example", role="admin"), Member("u1", "u1@corp.example")]
+    )
+    plan = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    service.split(plan, confirm=plan.confirmation)
+    real = service.apply_chunk
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StorageError("the database failed (OperationalError)")
+        return real(*args, **kwargs)
+
+    service.apply_chunk = flaky  # type: ignore[method-assign]
+    tasks = register_tasks(Celery("eager", broker="memory://"), lambda: service)
+    report = tasks.apply_chunk.apply((plan.plan_id, plan.confirmation)).get()
+    assert (2, 0, True) == (len(calls), report["chunk"], report["finished"])
+    with pytest.raises(ConfirmationError):
+        tasks.apply_chunk.apply((plan.plan_id, "WRONG-CODE")).get()
+    assert 3 == len(calls)  # not retried

@@ -236,8 +236,126 @@ def test_a_login_taken_in_the_hosts_table_is_refused(
     assert before == host_rows(engine)
 
 
+def test_a_unique_value_of_another_member_is_refused_not_merged(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """A new member whose unique column (here the phone) is another member's is refused;
+    that other member's row is left as it was (MariaDB's ON DUPLICATE KEY UPDATE would
+    overwrite it)."""
+    phones = sa.MetaData()
+    table = sa.Table(
+        "app_people",
+        phones,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("email", sa.String(256), nullable=False),
+        sa.Column("phone", sa.String(32), unique=True),
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_bin",
+    )
+    phones.drop_all(engine)
+    phones.create_all(engine)
+    service = open_service(
+        engine,
+        users=UsersTable(table, member_id="id", login_id="email", mobile_phone="phone"),
+        hasher=cheap_hasher,
+    )
+    store: Any = service.store
+    store.add_members([Member("alice", "alice@corp.example", mobile_phone="+15550001")])
+    with pytest.raises(InvalidInputError, match="already used"):
+        store.add_members([Member("mallory", "mallory@corp.example", mobile_phone="+15550001")])
+    store.add_members([Member("alice", "alice.new@corp.example", mobile_phone="+15550001")])
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.id, table.c.email)).all()
+    assert [("alice", "alice.new@corp.example")] == [tuple(r) for r in rows]
+    phones.drop_all(engine)
+
+
+def test_the_hosts_hash_column_is_the_truth_in_copy_mode(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """After a force change in copy mode, a hash the host writes signs in at once, and a
+    hash it clears stops the shared password: bulkreset does not keep a second copy."""
+    service = host_service(
+        engine, clock, cheap_hasher, password_hash="pw_hash", shared_password="copy"
+    )
+    plan = service.plan(["m1", "m2"], force(), actor="admin")
+    service.apply(plan, confirm=plan.confirmation)
+    with engine.begin() as conn:
+        conn.execute(
+            app_users.update().where(app_users.c.id == "m1").values(pw_hash=cheap_hasher.hash(OWN))
+        )
+        conn.execute(app_users.update().where(app_users.c.id == "m2").values(pw_hash=None))
+    assert service.authenticate("mina.kim@corp.example", OWN).ok
+    assert not service.authenticate("mina.kim@corp.example", PW).ok
+    assert not service.authenticate("jun@corp.example", PW).ok
+
+
+def test_a_database_error_carries_no_secret(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """A failed write's StorageError, and the database error chained to it, show neither
+    the statement's parameters nor any hash in them."""
+    import traceback
+
+    from bulkreset import AuditEvent
+    from bulkreset.ports import CredentialWrite, EffectBatch
+
+    service = open_service(engine, clock=clock, hasher=cheap_hasher)
+    service.store.add_members(directory())  # type: ignore[attr-defined]
+    secret = "$argon2id$v=19$m=8,t=1,p=1$SECRETSALT$SECRETHASH"
+    good = CredentialWrite("m1", at=clock(), must_change=False, password_hash=secret)
+    dangling = CredentialWrite("m2", at=clock(), must_change=True, shared_plan_id="no-plan")
+    batch = EffectBatch(
+        "p", credentials=(good, dangling), audit=(AuditEvent(at=clock(), action="x"),)
+    )
+    with pytest.raises(StorageError) as caught:
+        service.store.commit(batch)
+    text = "".join(traceback.format_exception(caught.value))
+    assert "IntegrityError" in text
+    assert "SECRET" not in text
+    assert caught.value.__cause__ is not None
+    assert getattr(caught.value.__cause__, "params", None) is None
+
+
+def test_a_deadlock_is_tried_again(engine: sa.Engine) -> None:
+    """A transaction the database chose as a deadlock victim runs again; others do not."""
+
+    class DeadlockError(Exception):
+        sqlstate = "40P01"
+        args = (1213,)
+
+    store = SqlAlchemyStorage(engine)
+    attempts: list[int] = []
+
+    def work(conn: sa.Connection) -> int:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise sa.exc.OperationalError("UPDATE ...", {}, DeadlockError())
+        return 7
+
+    assert 7 == store._retrying(work)
+    assert 3 == len(attempts)
+
+    def broken(conn: sa.Connection) -> int:
+        attempts.append(1)
+        raise sa.exc.OperationalError("UPDATE ...", {}, ValueError("disk full"))
+
+    with pytest.raises(StorageError):
+        store._retrying(broken)
+    assert 4 == len(attempts)
+
+
 def test_users_table_names_real_columns() -> None:
-    """A mapping naming a column the table lacks, or an unknown mode, is refused."""
+    """A mapping naming a column the table lacks, a key column that is not text, or an
+    unknown mode, is refused."""
+    numbered = sa.Table(
+        "numbered",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", sa.String(256)),
+    )
+    with pytest.raises(InvalidInputError, match="must hold text"):
+        UsersTable(numbered, member_id="id", login_id="email")
     with pytest.raises(InvalidInputError, match="no column 'mail'"):
         UsersTable(app_users, member_id="id", login_id="mail")
     with pytest.raises(InvalidInputError, match="per_member"):
@@ -246,15 +364,40 @@ def test_users_table_names_real_columns() -> None:
         UsersTable("app_users", member_id="id", login_id="email")  # type: ignore[arg-type]
 
 
-def test_invalid_rows_in_the_hosts_table_are_a_storage_error(
-    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+def test_an_invalid_row_is_left_out_and_logged_not_fatal(
+    engine: sa.Engine,
+    clock: FakeClock,
+    cheap_hasher: argon2.PasswordHasher,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A row whose values bulkreset does not know is reported, naming the member."""
+    """A row whose values bulkreset does not know is left out with a warning naming the
+    member: a plan of everyone still works (R8), that member is excluded as unknown."""
     service = host_service(engine, clock, cheap_hasher)
     with engine.begin() as conn:
         conn.execute(app_users.update().where(app_users.c.id == "m1").values(state="disabled"))
-    with pytest.raises(StorageError, match="'m1'"):
-        service.store.get_members(["m1"])
+    assert {} == service.store.get_members(["m1"])
+    assert "member 'm1' left out" in caplog.text
+    plan = service.plan(["m1", "m2"], ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    assert (["m2"], ["unknown_member"]) == (
+        [m.member_id for m in plan.targets],
+        [e.reason.value for e in plan.excluded],
+    )
+    everyone = service.plan(ALL, ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    assert "m1" not in {m.member_id for m in everyone.targets}
+    assert not service.authenticate("mina.kim@corp.example", OWN).ok
+
+
+def test_non_ascii_logins_need_a_login_key_column(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """Without login_key, sign-in can only match ASCII logins: others are refused at once."""
+    service = host_service(engine, clock, cheap_hasher)
+    with pytest.raises(InvalidInputError, match="login_key"):
+        service.store.add_members([Member("de", "straße@corp.example")])  # type: ignore[attr-defined]
+    keyed = host_service(engine, clock, cheap_hasher, login_key="email_key")
+    keyed.store.add_members([Member("fr", "Émile@corp.example")])  # type: ignore[attr-defined]
+    keyed.set_password("fr", OWN)
+    assert keyed.authenticate("émile@corp.example", OWN).ok
 
 
 # ----------------------------------------------------------------- engines and tables
@@ -480,3 +623,43 @@ def _ours(change: Any) -> bool:
     return first != "remove_table" and (
         name.startswith("bulkreset_") or table.startswith("bulkreset_")
     )
+
+
+def test_odd_calls_get_clear_errors(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """An unknown option, a chunk that is not a number, a plan never split, a session for
+    no member: each an InvalidInputError; reprs need no database."""
+    with pytest.raises(InvalidInputError, match="bad option"):
+        open_service(engine, bogus=1)
+    service = open_service(engine, clock=clock, hasher=cheap_hasher)
+    service.store.add_members(directory())  # type: ignore[attr-defined]
+    plan = service.plan(["m1"], force(), actor="admin")
+    with pytest.raises(InvalidInputError, match="not split"):
+        service.apply_chunk(plan, confirm=plan.confirmation)
+    service.split(plan, confirm=plan.confirmation)
+    with pytest.raises(InvalidInputError, match="chunk number"):
+        service.apply_chunk(plan, confirm=plan.confirmation, chunk="0")  # type: ignore[arg-type]
+    sessions: Any = service.sessions
+    for bad in ("", "\x00", "\ud800"):
+        with pytest.raises(InvalidInputError):
+            sessions.create(bad)
+    assert (0, 0) == service.store.chunks_left("\ud800")  # type: ignore[attr-defined]
+    down = open_service("postgresql+psycopg://nobody:pw@127.0.0.1:1/none")
+    assert "on postgresql" in repr(down.notifier) + repr(down.sessions)
+    assert "pw@" not in repr(down.notifier)
+
+
+def test_a_per_member_store_refuses_a_plan_that_kept_no_password(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """A plan made while hashes lived in bulkreset's table, applied once the host's table
+    holds them per member, is refused before it starts, with a reason."""
+    before = host_service(engine, clock, cheap_hasher)
+    plan = before.plan(["m1"], force(), actor="admin")
+    after = host_service(engine, clock, cheap_hasher, password_hash="pw_hash")
+    with pytest.raises(InvalidInputError, match="did not keep its password"):
+        after.apply(plan, confirm=plan.confirmation)
+    record = after.store.load_plan(plan.plan_id)
+    assert record is not None
+    assert record.started_at is None

@@ -471,6 +471,7 @@ class ResetService:
             raise ConfirmationError("the confirmation code does not match the plan")
         self._authorize(record.plan.actor)  # still an active administrator?
         self._check_approved(record)
+        self._check_password_kept(record)
         settings = record.plan.settings
         if handoff is not None:
             if not settings.generate_passwords:
@@ -610,7 +611,23 @@ class ResetService:
             )
         if record.started_at is None and self._now() >= record.plan.expires_at:
             raise StalePlanError(f"plan {record.plan.plan_id} expired unused; plan again")
+        self._check_password_kept(record)
         return record
+
+    def _check_password_kept(self, record: PlanRecord) -> None:
+        """A store hashing each member's credential needs the plan's password until done."""
+        settings = record.plan.settings
+        if (
+            settings.mode is ResetMode.FORCE_CHANGE
+            and not settings.generate_passwords
+            and getattr(self.store, "hashes_each_member", False)
+            and record.password is None
+            and record.finished_at is None
+        ):
+            raise InvalidInputError(
+                f"plan {record.plan.plan_id} did not keep its password, which this store "
+                "hashes once per member (made under another configuration?): plan again"
+            )
 
     def split(
         self, plan: ResetPlan | str, *, confirm: str | None, chunk_size: int | None = None
@@ -689,8 +706,14 @@ class ResetService:
             AuthorizationError: as :meth:`apply`.
         """
         store = self._chunked_store()
+        if chunk is not None and (
+            not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0
+        ):
+            raise InvalidInputError("chunk must be a chunk number (0 or more) or None")
         record = self._checked_for_work(plan, confirm)
         plan_id = record.plan.plan_id
+        if store.chunks_left(plan_id)[1] == 0:
+            raise InvalidInputError(f"plan {plan_id} was not split: call split() first")
         owner = secrets.token_hex(8)
         now = self._now()
         claim = store.claim_chunk(plan_id, owner, now, now + self._lease, index=chunk)

@@ -34,7 +34,7 @@ import attrs
 
 from ._model import ResetPlan
 from ._service import ResetService
-from .errors import PlanInProgressError
+from .errors import BulkResetError, PlanInProgressError, StorageError
 
 __all__ = ["BulkResetTasks", "register_tasks"]
 
@@ -135,6 +135,12 @@ def register_tasks(
             done = svc.apply_chunk(plan_id, confirm=confirm)
         except PlanInProgressError:  # the chunk went to another worker mid-way: take another
             raise task.retry(countdown=1) from None
+        except Exception as exc:
+            if isinstance(exc, BulkResetError) and not isinstance(exc, StorageError):
+                raise  # a wrong code, an expired or unapproved plan: trying again cannot help
+            # The database (or a port) failed for now: the chunk's lease lapses, and this
+            # task (or any) takes it over then; without a retry, nothing would finish it.
+            raise task.retry(countdown=svc._lease.total_seconds()) from None
         store: Any = svc.store
         if done is None:
             left, _ = store.chunks_left(plan_id)

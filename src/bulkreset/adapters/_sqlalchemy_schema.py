@@ -319,6 +319,13 @@ class UsersTable:
                 )
         if self.shared_password not in ("per_member", "copy"):
             raise InvalidInputError('shared_password is "per_member" or "copy"')
+        for field in ("member_id", "login_id", "login_key", "password_hash"):
+            name = getattr(self, field)
+            if name is not None and not isinstance(self.table.c[name].type, sa.String):
+                raise InvalidInputError(
+                    f"UsersTable.{field}: column {name!r} must hold text (member IDs are "
+                    "strings); map a view or a computed text column over an integer key"
+                )
 
     def column(self, field: str) -> sa.ColumnElement[Any] | None:
         """The column mapped to *field*, or ``None``."""

@@ -31,13 +31,15 @@ Secrets at rest are treated as in :mod:`bulkreset.adapters.sqlite` (SPEC §5).
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import argon2
 import attrs
@@ -97,6 +99,8 @@ from ._sqlalchemy_schema import (
     audit as audit_log,
 )
 
+log = logging.getLogger("bulkreset")
+
 __all__ = [
     "DeliveryReport",
     "SqlAlchemyOutbox",
@@ -143,11 +147,33 @@ def _digest(login_key: str) -> str:
     return hashlib.sha256(login_key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_MISSING_TABLE = ("does not exist", "no such table", "doesn't exist")
+_RETRIES = 6
+_T = TypeVar("_T")
+
+
+def _transient(exc: BaseException | None) -> bool:
+    """A deadlock or serialization failure: the same transaction may simply be run again."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL (psycopg)
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] in (1205, 1213)  # MariaDB/MySQL: lock wait, deadlock
+
+
 def _fail(exc: BaseException) -> StorageError:
-    return StorageError(
-        f"the database failed ({type(exc).__name__}); if a bulkreset_ table is missing, "
-        "create them: bulkreset.adapters.sqlalchemy.metadata.create_all(engine)"
-    )
+    """A :class:`StorageError` for a database error, chained to it with its statement's
+    parameters (passwords, hashes, tokens) hidden and dropped."""
+    if isinstance(exc, sa.exc.StatementError):
+        exc.hide_parameters = True
+        exc.params = None
+    message = f"the database failed ({type(exc).__name__})"
+    if any(text in str(getattr(exc, "orig", "")) for text in _MISSING_TABLE):
+        message += (
+            "; a table is missing: create bulkreset's with "
+            "bulkreset.adapters.sqlalchemy.metadata.create_all(engine) or your migrations"
+        )
+    return StorageError(message)
 
 
 def _member(row: Sequence[Any], where: str) -> Member:
@@ -155,6 +181,20 @@ def _member(row: Sequence[Any], where: str) -> Member:
         return member_from_store(*row[:9])
     except BulkResetError as exc:
         raise StorageError(f"{where}: member {row[0]!r} is not valid: {exc}") from None
+
+
+def _valid_members(rows: Iterable[Sequence[Any]]) -> Iterator[Member]:
+    """The members of a users table's rows, leaving out (and logging) the invalid ones.
+
+    A host's table may hold values bulkreset does not know (a status of
+    ``"deleted"``, an empty login): such a member cannot be reset or sign in
+    through bulkreset, as if absent, and one bad row never stops the others (R8).
+    """
+    for row in rows:
+        try:
+            yield member_from_store(*row[:9])
+        except BulkResetError as exc:
+            log.warning("users table: member %r left out, not valid: %s", str(row[0]), exc)
 
 
 class _Dialect:
@@ -469,6 +509,20 @@ class SqlAlchemyStorage:
         except sa.exc.SQLAlchemyError as exc:
             raise _fail(exc) from exc
 
+    def _retrying(self, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run *work* in its own write transaction, again when the database chose it as a
+        deadlock victim or could not serialize it (MariaDB does, with several deliverers
+        updating neighbouring outbox rows). For short, repeatable transactions only."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._write() as conn:
+                    return work(conn)
+            except StorageError as exc:
+                if attempt + 1 == _RETRIES or not _transient(exc.__cause__):
+                    raise
+                time.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _read(self, stmt: Any) -> list[Any]:
         try:
             with self.engine.connect() as conn:
@@ -508,15 +562,44 @@ class SqlAlchemyStorage:
             self._check_logins(conn, list(latest.values()))
             rows = [self._member_row(m) for m in latest.values()]
             if rows:
-                key = self.users.member_id
-                update = Update((key,), lambda new: {c: new[c] for c in rows[0] if c != key})
                 try:
-                    self._dialect.write(conn, self.users.table, rows, update)
+                    self._upsert_members(conn, rows)
                 except sa.exc.IntegrityError:
                     raise InvalidInputError(
                         "the users table refused a member (a unique column, such as the "
-                        "login ID, is already used)"
+                        "login ID or a phone number, is already used by another member)"
                     ) from None
+
+    def _upsert_members(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert new members, update existing ones, matched by member ID only.
+
+        Not MariaDB/MySQL's ``ON DUPLICATE KEY UPDATE``: that fires on *any*
+        unique key, so a new member whose phone number or login is another
+        member's unique value would overwrite that other member's row.
+        """
+        key = self.users.member_id
+        if not self._dialect.mysql:
+            update = Update((key,), lambda new: {c: new[c] for c in rows[0] if c != key})
+            self._dialect.write(conn, self.users.table, rows, update)
+            return
+        column = self.users.table.c[key]
+        existing: set[Any] = set()
+        for start in range(0, len(rows), _IN_BATCH):
+            part = [r[key] for r in rows[start : start + _IN_BATCH]]
+            found = conn.execute(sa.select(column).where(column.in_(part)).with_for_update())
+            existing.update(row[0] for row in found)
+        new = [r for r in rows if r[key] not in existing]
+        old = [r for r in rows if r[key] in existing]
+        if old:
+            names = [c for c in rows[0] if c != key]
+            conn.execute(
+                self.users.table.update()
+                .where(column == sa.bindparam("_key"))
+                .values({c: sa.bindparam(f"_{c}") for c in names}),
+                [{"_key": r[key], **{f"_{c}": r[c] for c in names}} for r in old],
+            )
+        if new:
+            self._dialect.write(conn, self.users.table, new)
 
     def _member_row(self, member: Member) -> dict[str, Any]:
         values = dict(zip(codec.MEMBER_COLUMNS, codec.member_to_row(member), strict=True))
@@ -530,7 +613,15 @@ class SqlAlchemyStorage:
         return row
 
     def _check_logins(self, conn: sa.Connection, batch: Sequence[Member]) -> None:
-        """Refuse a batch that would leave two members with one folded login ID."""
+        """Refuse a batch that would leave two members with one folded login ID, or a
+        login ID sign-in could not find (non-ASCII, in a users table without login_key)."""
+        if self._host_users and self.users.login_key is None:
+            for member in batch:
+                if not member.login_id.isascii():
+                    raise InvalidInputError(
+                        f"member {member.member_id!r} has a login ID beyond ASCII: map a "
+                        "login_key column (UsersTable(login_key=...)) so sign-in can find it"
+                    )
         owners: dict[str, str] = {}
         for member in batch:
             other = owners.setdefault(member.login_key, member.member_id)
@@ -562,7 +653,7 @@ class SqlAlchemyStorage:
             where = sa.func.lower(users.table.c[users.login_id]).in_([k.lower() for k in keys])
         rows = conn.execute(sa.select(*users.member_columns()).where(where))
         wanted = set(keys)
-        found = [_member(row, "users table") for row in rows]
+        found = list(_valid_members(rows))
         return [m for m in found if m.login_key in wanted]
 
     def get_members(self, member_ids: Collection[str]) -> dict[str, Member]:
@@ -576,8 +667,8 @@ class SqlAlchemyStorage:
             stmt = sa.select(*self.users.member_columns()).where(
                 self._dialect.in_(self.users.key, batch)
             )
-            for row in self._read(stmt):
-                out[row[0]] = _member(row, "users table")
+            for member in _valid_members(self._read(stmt)):
+                out[member.member_id] = member
         return out
 
     def iter_members(self, *, page_size: int = 1000) -> Iterator[Sequence[Member]]:
@@ -601,7 +692,7 @@ class SqlAlchemyStorage:
             rows = self._read(stmt)
             if not rows:
                 return
-            yield [_member(row, "users table") for row in rows]
+            yield list(_valid_members(rows))
             if len(rows) < page_size:
                 return
             after = rows[-1][0]
@@ -636,11 +727,14 @@ class SqlAlchemyStorage:
         """
         c, p = credentials, plans
         host = self._host_hash()
-        own = c.c.password_hash if host is None else sa.func.coalesce(host, c.c.password_hash)
-        hashed = sa.case(
-            (c.c.shared_plan_id.is_not(None), sa.func.coalesce(p.c.password_hash, "")),
-            else_=sa.func.coalesce(own, ""),
-        )
+        hashed: sa.ColumnElement[Any]
+        if host is None:
+            hashed = sa.case(
+                (c.c.shared_plan_id.is_not(None), sa.func.coalesce(p.c.password_hash, "")),
+                else_=sa.func.coalesce(c.c.password_hash, ""),
+            )
+        else:  # the host's column is the truth: a hash it writes or clears counts at once
+            hashed = sa.func.coalesce(host, "")
         columns = (
             c.c.member_id,
             hashed.label("password_hash"),
@@ -950,6 +1044,13 @@ class SqlAlchemyStorage:
         """
         p = plans
         with self._write() as conn:
+            # The plan's row, locked first: a worker claiming a chunk locks it too, so the
+            # two never both see the other's lease free.
+            locked = conn.execute(
+                sa.select(p.c.plan_id).where(p.c.plan_id == plan_id).with_for_update()
+            ).first()
+            if locked is None:
+                raise PlanNotFoundError(plan_id)
             if self._live_chunk_lease(conn, plan_id, now):
                 return False
             updated = conn.execute(
@@ -1059,12 +1160,12 @@ class SqlAlchemyStorage:
         """
         k, p = chunks, plans
         with self._write() as conn:
-            held = conn.execute(
-                sa.select(p.c.lease_owner).where(
-                    p.c.plan_id == plan_id, p.c.lease_owner.is_not(None), p.c.lease_until > now
-                )
+            plan = conn.execute(  # locked: see claim_plan
+                sa.select(p.c.lease_owner, p.c.lease_until)
+                .where(p.c.plan_id == plan_id)
+                .with_for_update()
             ).first()
-            if held is not None:
+            if plan is None or (plan.lease_owner is not None and plan.lease_until > now):
                 return None
             free = sa.or_(
                 k.c.lease_owner.is_(None), k.c.lease_owner == owner, k.c.lease_until <= now
@@ -1077,7 +1178,9 @@ class SqlAlchemyStorage:
             )
             if index is not None:
                 stmt = stmt.where(k.c.chunk_index == index)
-            if not self._dialect.sqlite:  # SQLite: BEGIN IMMEDIATE already serializes claims
+            if index is not None:  # this chunk (a renewal, say): wait for it, never skip it
+                stmt = stmt.with_for_update()
+            elif not self._dialect.sqlite:  # SQLite: BEGIN IMMEDIATE already serializes claims
                 stmt = stmt.with_for_update(skip_locked=True)
             row = conn.execute(stmt).first()
             if row is None:
@@ -1120,11 +1223,13 @@ class SqlAlchemyStorage:
             return bool(updated.rowcount == 1)
 
     def chunks_left(self, plan_id: str) -> tuple[int, int]:
-        """``(chunks not yet done, all chunks)`` of the plan.
+        """``(chunks not yet done, all chunks)`` of the plan; ``(0, 0)`` if never split.
 
         Raises:
             StorageError: the database failed.
         """
+        if not _storable(plan_id, SHORT):
+            return 0, 0
         k = chunks
         rows = self._read(
             sa.select(
@@ -1459,8 +1564,8 @@ class SqlAlchemyOutbox(OutboxDelivery):
         self._store = self._sa = store
         self._clock = clock or system_clock
 
-    def __repr__(self) -> str:
-        return f"<SqlAlchemyOutbox {self.pending_count()} pending>"
+    def __repr__(self) -> str:  # no query: a repr must work while the database is down
+        return f"<SqlAlchemyOutbox on {self._sa.engine.url.render_as_string(hide_password=True)}>"
 
     def pending_count(self) -> int:
         """How many notices are not yet delivered, failed or withdrawn.
@@ -1579,11 +1684,8 @@ class SqlAlchemyOutbox(OutboxDelivery):
         return [(r.seq, r.attempts, _notice(r)) for r in self._sa._read(stmt)]
 
     def _update(self, ref: int, *where: Any, **values: Any) -> int:
-        with self._sa._write() as conn:
-            result = conn.execute(
-                outbox.update().where(outbox.c.seq == ref, *where).values(**values)
-            )
-            return int(result.rowcount)
+        stmt = outbox.update().where(outbox.c.seq == ref, *where).values(**values)
+        return self._sa._retrying(lambda conn: int(conn.execute(stmt).rowcount))
 
     def _claim(self, ref: int, now: datetime, until: datetime) -> bool:
         o = outbox
@@ -1648,12 +1750,9 @@ class SqlAlchemySessions:
         self._sa = store
         self._clock = clock or system_clock
 
-    def __repr__(self) -> str:
-        s = sessions
-        rows = self._sa._read(
-            sa.select(sa.func.count()).select_from(s).where(s.c.revoked_at.is_(None))
-        )
-        return f"<SqlAlchemySessions {rows[0][0]} active>"
+    def __repr__(self) -> str:  # no query: a repr must work while the database is down
+        url = self._sa.engine.url.render_as_string(hide_password=True)
+        return f"<SqlAlchemySessions on {url}>"
 
     def create(self, member_id: str) -> str:
         """Open a session for *member_id*, issued now.
@@ -1662,8 +1761,11 @@ class SqlAlchemySessions:
             The session ID (128 random bits from :mod:`secrets`, URL-safe).
 
         Raises:
+            InvalidInputError: *member_id* is not a member ID (empty, too long, NUL...).
             StorageError: the database failed.
         """
+        if not _storable(member_id) or not member_id:
+            raise InvalidInputError("create takes a member ID")
         session_id = secrets.token_urlsafe(16)
         with self._sa._write() as conn:
             conn.execute(
@@ -1749,6 +1851,9 @@ def open_service(
             clock=clock,
             **options,
         )
+    except TypeError as exc:  # an option ResetService does not have
+        store.close()
+        raise InvalidInputError(f"bad option: {exc}") from None
     except BaseException:
         store.close()
         raise

@@ -1453,6 +1453,9 @@ def open_service(
             clock=clock,
             **options,
         )
+    except TypeError as exc:  # an option ResetService does not have
+        store.close()
+        raise InvalidInputError(f"bad option: {exc}") from None
     except BaseException:
         store.close()
         raise
