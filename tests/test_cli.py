@@ -652,6 +652,35 @@ def test_a_staged_apply_then_the_rest(run: Run, db: str) -> None:
     assert (2, True) == (code, "at least 1" in one_line_error(err))
 
 
+def test_audit_exports_a_plans_log(run: Run, db: str, tmp_path: Path) -> None:
+    """audit PLAN prints JSON Lines; --format csv --output writes a new file; bad input: 2."""
+    plan = _plan(run, db)
+    run("--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"])
+    code, out, _ = run("--db", db, "audit", plan["plan_id"])
+    events = [json.loads(line) for line in out.splitlines()]
+    assert (0, "plan.created") == (code, events[0]["action"])
+    assert {plan["plan_id"]} == {e["plan_id"] for e in events}
+    target = tmp_path / "audit.csv"
+    code, _, err = run(
+        "--db", db, "audit", plan["plan_id"], "--member", "m1", "--format", "csv",
+        "--output", str(target), "--since", "2000-01-01T00:00:00Z",
+    )  # fmt: skip
+    with target.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert (0, "at", {"m1"}) == (code, rows[0][0], {r[4] for r in rows[1:]})
+    assert f"{len(rows) - 1} audit event(s) written" in err
+    for bad in (
+        ["--output", str(target)],  # exists
+        ["--since", "yesterday"],
+        ["--since", "2026-01-01T00:00:00"],  # no offset
+    ):
+        code, _, err = run("--db", db, "audit", plan["plan_id"], *bad)
+        assert 2 == code, bad
+        assert one_line_error(err)
+    code, _, err = run("--db", db, "audit", "plan-nope")
+    assert 2 == code
+
+
 def test_apply_wrong_code_is_refused(run: Run, db: str, service: ResetService) -> None:
     """A wrong confirmation code: exit 2, nothing applied."""
     plan = _plan(run, db)

@@ -1123,3 +1123,48 @@ def test_a_super_administrators_plan_needs_a_super_administrator(
         service.approve(plan, approver="admin")
     with pytest.raises(InvalidInputError):
         make_service(approval_threshold=-1)
+
+
+# ----------------------------------------------------------------- audit export
+
+
+def test_the_audit_log_exports_as_json_lines_and_formula_safe_csv(
+    make_service: ServiceFactory, clock: FakeClock
+) -> None:
+    """A plan's audit log as JSON Lines and CSV, filtered by member and time; a cell that
+    a spreadsheet would run as a formula is quoted; nothing secret is in either."""
+    import csv
+    import io
+    import json
+
+    members = [*directory(), Member("=cmd", "evil@corp.example", personal_email="e@x.example")]
+    service = make_service(members)
+    plan = service.plan(["m1", "m2", "=cmd"], force(), actor="admin")
+    clock.advance(minutes=1)
+    middle = clock()
+    service.apply(plan, confirm=plan.confirmation)
+    out = io.StringIO()
+    count = service.export_audit(out, plan_id=plan.plan_id)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert count == len(lines) >= 4  # plan.created, then each member (folded steps or not)
+    assert ["at", "action", "actor", "plan_id", "member_id", "detail"] == list(lines[0])
+    assert "plan.created" == lines[0]["action"]
+    assert PW not in out.getvalue()
+    out = io.StringIO()
+    service.export_audit(out, plan_id=plan.plan_id, member_id="=cmd", format="csv")
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert ["at", "action", "actor", "plan_id", "member_id", "detail"] == rows[0]
+    assert rows[1:]
+    assert {"'=cmd"} == {row[4] for row in rows[1:]}
+    out = io.StringIO()
+    assert 1 == service.export_audit(out, plan_id=plan.plan_id, until=middle)  # plan.created
+    everything = service.export_audit(io.StringIO(), plan_id=plan.plan_id, since=middle)
+    assert count - 1 == everything
+    for bad in (
+        {"format": "xml"},
+        {"since": datetime(2026, 1, 1)},
+        {"since": middle, "until": middle},
+        {"until": "yesterday"},
+    ):
+        with pytest.raises(InvalidInputError):
+            service.export_audit(io.StringIO(), **bad)

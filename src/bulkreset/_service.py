@@ -9,13 +9,14 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TextIO
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import _planning
 from ._applying import LEASE, ApplyRun, chunks
+from ._audit_export import AUDIT_FORMATS, select_events, write_audit
 from ._clock import Clock, read_clock, system_clock, to_utc
 from ._handoff import HandoffFile
 from ._model import (
@@ -1099,3 +1100,45 @@ class ResetService:
     ) -> list[AuditEvent]:
         """The audit log, oldest first, optionally of one plan or one member."""
         return self.store.audit_events(plan_id=plan_id, member_id=member_id)
+
+    def export_audit(
+        self,
+        out: TextIO,
+        *,
+        plan_id: str | None = None,
+        member_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        format: Literal["jsonl", "csv"] = "jsonl",
+    ) -> int:
+        """Write the audit log (of a plan, a member, a time span) as JSON Lines or CSV.
+
+        Columns: ``at`` (ISO 8601, UTC), ``action``, ``actor``, ``plan_id``,
+        ``member_id``, ``detail``, oldest first. Audit events hold no
+        secret; the CSV quotes cells a spreadsheet would run as formulas
+        (OWASP, CSV Injection).
+
+        Args:
+            out: A writable text stream (an open file with ``newline=""``
+                for CSV, an ``io.StringIO``, a web response).
+            plan_id: Only this plan's events.
+            member_id: Only this member's events.
+            since: Only events at or after this aware datetime.
+            until: Only events before this aware datetime.
+            format: ``"jsonl"`` (one JSON object a line) or ``"csv"``.
+
+        Returns:
+            How many events were written.
+
+        Raises:
+            InvalidInputError: a bad *format*, a naive or reversed time span.
+            OSError: *out* cannot be written.
+        """
+        if format not in AUDIT_FORMATS:
+            raise InvalidInputError(f"format is one of {', '.join(AUDIT_FORMATS)}, not {format!r}")
+        events = select_events(
+            self.store.audit_events(plan_id=plan_id, member_id=member_id),
+            since=since,
+            until=until,
+        )
+        return write_audit(events, out, format=format)

@@ -12,6 +12,8 @@ Subcommands (SPEC §8)::
     bulkreset --db PATH outbox [--json] [--send --smtp HOST:PORT [--starttls | --tls]
                                [--user NAME --password-file FILE] [--rate N/s]
                                [--from ADDRESS] [--link URL] [--timezone ZONE]]
+    bulkreset --db PATH audit [PLAN_ID] [--member ID] [--since TIME] [--until TIME]
+                              [--format jsonl|csv] [--output FILE]
     bulkreset demo
 
 A password is never taken as an argument (process lists, shell history): it
@@ -36,6 +38,7 @@ import shlex
 import sqlite3
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -261,6 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="UTC",
         help="show times in this IANA time zone, for example Asia/Seoul (default: UTC)",
     )
+
+    audit = commands.add_parser(
+        "audit",
+        allow_abbrev=False,
+        help="export the audit log (of a plan) as JSON Lines or CSV",
+        description="Write the audit log, oldest first, to standard output or --output: "
+        "every event, or a plan's, a member's, a time span's. No secrets are in it.",
+    )
+    _db_option(audit, default=argparse.SUPPRESS)
+    audit.add_argument("plan_id", metavar="PLAN_ID", nargs="?", help="only this plan's events")
+    audit.add_argument("--member", metavar="ID", help="only this member's events")
+    audit.add_argument(
+        "--since", metavar="TIME", type=_moment, help="from this ISO 8601 time (with its offset)"
+    )
+    audit.add_argument(
+        "--until", metavar="TIME", type=_moment, help="before this ISO 8601 time (with its offset)"
+    )
+    audit.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="default: %(default)s"
+    )
+    audit.add_argument("--output", metavar="FILE", help="write to this new file, not stdout")
 
     commands.add_parser(
         "demo",
@@ -794,6 +818,58 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- audit
+
+
+def _moment(text: str) -> datetime:
+    """An argparse type: an ISO 8601 time with its UTC offset (``Z`` allowed)."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time's UTC offset: {text!r}")
+    return value
+
+
+class _Stdout:
+    """A text stream writing to standard output through :func:`_write`."""
+
+    def write(self, text: str) -> int:
+        _write(sys.stdout, text)
+        return len(text)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    path = _database(args)
+    service = _connect(path)
+    try:
+        if args.plan_id is not None:
+            service.load_plan(args.plan_id)  # an unknown plan is an error, not an empty log
+        options: dict[str, Any] = {
+            "plan_id": args.plan_id,
+            "member_id": args.member,
+            "since": args.since,
+            "until": args.until,
+            "format": args.format,
+        }
+        if args.output is None:  # through _write: text the terminal cannot encode is escaped
+            service.export_audit(_Stdout(), **options)  # type: ignore[arg-type]
+            return 0
+        target = Path(args.output)
+        try:
+            with target.open("x", encoding="utf-8", newline="") as handle:
+                count = service.export_audit(handle, **options)
+        except FileExistsError:
+            raise InvalidInputError(f"{args.output!r} exists: give a new file") from None
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write {args.output!r}: {exc.strerror}") from None
+    finally:
+        _close(service)
+    _write(sys.stderr, f"{count:,} audit event(s) written to {target}.\n")
+    return 0
+
+
 # ---------------------------------------------------------------------- demo
 
 
@@ -808,6 +884,7 @@ _COMMANDS = {
     "plan": _cmd_plan,
     "apply": _cmd_apply,
     "outbox": _cmd_outbox,
+    "audit": _cmd_audit,
     "demo": _cmd_demo,
 }
 
