@@ -21,7 +21,15 @@ from typing import Any
 from ._model import ResetPlan, ResetResult
 from .errors import InvalidInputError
 
-__all__ = ["COLUMNS", "SUFFIXES", "check_report_path", "report_rows", "safe_cell", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "SUFFIXES",
+    "check_report_path",
+    "report_csv",
+    "report_rows",
+    "safe_cell",
+    "write_report",
+]
 
 COLUMNS = ("member_id", "login_id", "outcome", "reason", "sessions_revoked", "notified")
 """The report's columns, in order."""
@@ -127,6 +135,17 @@ def _csv_text(rows: Iterator[dict[str, Any]]) -> str:
                 cells.append(safe_cell(value or ""))
         writer.writerow(cells)
     return buffer.getvalue()
+
+
+def report_csv(
+    result: ResetResult,
+    *,
+    plan: ResetPlan | None = None,
+    login_ids: Mapping[str, str] | None = None,
+) -> str:
+    """The report as CSV text (what :func:`write_report` writes to a ``.csv`` file), for a
+    web download, say: a header row, one row per selected member, formula-safe cells."""
+    return _csv_text(report_rows(result, plan=plan, login_ids=login_ids))
 
 
 def _json_text(result: ResetResult, rows: Iterator[dict[str, Any]]) -> str:

@@ -1,0 +1,1 @@
+"""A reference admin web page that embeds bulkreset the way a host would (Flask)."""
