@@ -1092,7 +1092,7 @@ def test_a_big_plan_needs_a_second_administrator(make_service: ServiceFactory) -
     assert not any("approve" in p for p in small.precautions)
     service.apply(small, confirm=small.confirmation)  # at the threshold: no approval needed
     big = service.plan(["m1", "m2", "m3"], force(), actor="admin")
-    assert any("second administrator must approve" in p for p in big.precautions)
+    assert any("second administrator's approval" in p for p in big.precautions)
     with pytest.raises(ApprovalRequiredError, match="approve"):
         service.apply(big, confirm=big.confirmation)
     with pytest.raises(AuthorizationError, match="made a plan"):
@@ -1123,6 +1123,25 @@ def test_a_super_administrators_plan_needs_a_super_administrator(
         service.approve(plan, approver="admin")
     with pytest.raises(InvalidInputError):
         make_service(approval_threshold=-1)
+
+
+def test_a_plan_may_ask_for_approval_itself(make_service: ServiceFactory) -> None:
+    """ResetPolicy(approval_threshold=N) asks for approval above N even when the service
+    does not; the stricter of the two wins; a bad threshold is refused."""
+    service = make_service()
+    plan = service.plan(["m1", "m2"], force(approval_threshold=1), actor="admin")
+    assert 1 == service.load_plan(plan.plan_id).settings.approval_threshold
+    with pytest.raises(ApprovalRequiredError):
+        service.apply(plan, confirm=plan.confirmation)
+    service.approve(plan, approver="admin2")
+    assert 2 == service.apply(plan, confirm=plan.confirmation).count(Outcome.RESET)
+    strict = make_service(approval_threshold=0)
+    lenient = strict.plan(["m3"], force(approval_threshold=50), actor="admin")
+    with pytest.raises(ApprovalRequiredError):  # the service's 0 wins over the plan's 50
+        strict.apply(lenient, confirm=lenient.confirmation)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidInputError):
+            force(approval_threshold=bad)
 
 
 # ----------------------------------------------------------------- audit export

@@ -366,6 +366,11 @@ DEFAULT_TEMPORARY_PASSWORD_TTL = timedelta(hours=24)
 MAX_TEMPORARY_PASSWORD_TTL = timedelta(days=30)
 
 
+def _threshold(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InvalidInputError(f"{attribute.name} must be a whole number, 0 or more, or None")
+
+
 def _ttl(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
@@ -412,6 +417,11 @@ class ResetPolicy:
         include_actor: Let the acting administrator be a target (default: excluded).
         include_suspended: Let suspended members be targets.
         plan_ttl: How long a plan may wait for its first apply (default 1 hour).
+        approval_threshold: Two-person approval for this plan: when it has
+            more targets than this, a second administrator must approve it
+            (``ResetService.approve``) before it is applied. ``None`` (the
+            default) leaves it to the service's own ``approval_threshold``,
+            which a host sets and a planner cannot lower; the stricter wins.
         rules: :class:`PasswordRules` for ``new_password``.
 
     Raises:
@@ -438,6 +448,7 @@ class ResetPolicy:
     include_actor: bool = attrs.field(default=False, kw_only=True)
     include_suspended: bool = attrs.field(default=False, kw_only=True)
     plan_ttl: timedelta = attrs.field(default=timedelta(hours=1), kw_only=True, validator=_positive)
+    approval_threshold: int | None = attrs.field(default=None, kw_only=True, validator=_threshold)
     rules: PasswordRules = attrs.field(factory=PasswordRules, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
@@ -481,6 +492,7 @@ class PlanSettings:
     include_actor: bool = False
     include_suspended: bool = False
     plan_ttl: timedelta = timedelta(hours=1)
+    approval_threshold: int | None = None
 
     def temporary_password_expiry(self, at: datetime) -> datetime | None:
         """When a temporary password set at *at* by this plan stops signing in, or ``None``.
@@ -514,6 +526,7 @@ class PlanSettings:
             "include_actor": self.include_actor,
             "include_suspended": self.include_suspended,
             "plan_ttl": self.plan_ttl.total_seconds(),
+            "approval_threshold": self.approval_threshold,
         }
 
     @classmethod

@@ -373,7 +373,8 @@ class ResetService:
                 targets=(),
                 excluded=(),
                 warnings=(),
-                precautions=tally.precautions(settings) + self._approval_precaution(tally.targets),
+                precautions=tally.precautions(settings)
+                + self._approval_precaution(tally.targets, settings),
                 confirmation=_planning.new_confirmation_code(),
                 settings=settings,
             )
@@ -524,23 +525,28 @@ class ResetService:
 
     # ------------------------------------------------------------------ approval
 
-    def _needs_approval(self, targets: int) -> bool:
-        return self.approval_threshold is not None and targets > self.approval_threshold
+    def _needs_approval(self, targets: int, settings: PlanSettings) -> bool:
+        """More targets than the service's threshold, or than the plan's own (the stricter)."""
+        limits = [
+            t for t in (self.approval_threshold, settings.approval_threshold) if t is not None
+        ]
+        return bool(limits) and targets > min(limits)
 
-    def _approval_precaution(self, targets: int) -> tuple[str, ...]:
-        if not self._needs_approval(targets):
+    def _approval_precaution(self, targets: int, settings: PlanSettings) -> tuple[str, ...]:
+        if not self._needs_approval(targets, settings):
             return ()
         return (
-            f"This plan resets more than {self.approval_threshold:,} member(s): a second "
-            "administrator must approve it before it can be applied.",
+            "This plan needs a second administrator's approval before it can be applied "
+            "(two-person approval).",
         )
 
     def _check_approved(self, record: PlanRecord) -> None:
         """Raise unless the plan is approved, or small enough not to need it."""
-        if record.approved_by is None and self._needs_approval(len(record.plan.targets)):
+        targets = len(record.plan.targets)
+        if record.approved_by is None and self._needs_approval(targets, record.plan.settings):
             raise ApprovalRequiredError(
-                f"plan {record.plan.plan_id} has {len(record.plan.targets):,} target(s), more "
-                f"than {self.approval_threshold:,}: a second administrator must approve it first"
+                f"plan {record.plan.plan_id} has {targets:,} target(s): a second "
+                "administrator must approve it first (two-person approval)"
             )
 
     def approve(self, plan: ResetPlan | str, *, approver: str) -> None:
