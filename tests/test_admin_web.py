@@ -178,7 +178,8 @@ def test_force_change_of_everyone_through_the_page(site: tuple[str, Any], browse
     by_id(browser, "password").send_keys(PASSWORD)
     by_id(browser, "password2").send_keys(PASSWORD + "x")
     by_id(browser, "make-plan").click()
-    assert "differ" in by_id(browser, "error").text  # nothing planned
+    error = wait_for(browser, lambda c: c.find_elements(By.ID, "error"))[0]  # the reloaded page
+    assert "differ" in error.text  # nothing planned
     open_dialog(browser, base, None)
     by_id(browser, "ok").click()
     by_id(browser, "password").send_keys(PASSWORD)
@@ -225,6 +226,12 @@ def test_request_change_of_a_few_through_the_page(site: tuple[str, Any], browser
     }
     assert "requested: 3" == counts["requested"]
     screenshot(browser, "admin-web-request-result")
+    browser.get(f"{base}/plans/{plan_id}")  # the plan page again: Apply, a wrong code
+    wait_for(browser, lambda c: c.find_elements(By.ID, "confirm"))
+    by_id(browser, "confirm").send_keys("WRONG-CODE")
+    by_id(browser, "apply").click()
+    wait_for(browser, lambda c: "/result" in c.current_url)
+    assert dict.fromkeys(chosen, "requested") == result_rows(browser)  # the result stays
     pending = service.notifier.pending()
     assert sorted(chosen) == sorted(n.member_id for n in pending if n.plan_id == plan_id)
     result: Any = service.apply(plan_id, confirm=service.load_plan(plan_id).confirmation)
@@ -242,3 +249,27 @@ def test_the_page_refuses_a_post_without_its_csrf_token(site: tuple[str, Any]) -
     caught.value.close()
     assert 400 == caught.value.code
     assert before == len(service.audit_events())
+
+
+def test_the_page_answers_bad_requests_with_400(site: tuple[str, Any]) -> None:
+    """Odd JSON bodies and a non-ASCII CSRF token are 400s, never a server error."""
+    import http.cookiejar
+    import re
+
+    base, _ = site
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(base + "/", timeout=10) as page:
+        token = re.search(r'name="csrf" value="([^"]+)"', page.read().decode()).group(1)
+    bodies = [b"[]", b'"x"', b'{"member_ids": null}', b'{"member_ids": [[1]]}', b"not json"]
+    for body, csrf in [(b, token) for b in bodies] + [(b'{"member_ids": []}', "ü-token")]:
+        post = urllib.request.Request(  # noqa: S310 (loopback)
+            base + "/precautions",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "X-CSRF-Token": csrf},
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            opener.open(post, timeout=10)
+        caught.value.close()
+        assert 400 == caught.value.code, body

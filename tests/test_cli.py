@@ -681,6 +681,33 @@ def test_audit_exports_a_plans_log(run: Run, db: str, tmp_path: Path) -> None:
     assert 2 == code
 
 
+def test_a_plan_needing_approval_is_approved_from_the_command_line(run: Run, db: str) -> None:
+    """plan --approval-threshold 0: apply exits 2 until approve --approver another admin."""
+    plan = _plan(run, db, "force", "--approval-threshold", "0")
+    args = ["--db", db, "apply", plan["plan_id"], "--confirm", plan["confirmation"]]
+    code, _, err = run(*args)
+    assert (2, True) == (code, "approve" in one_line_error(err))
+    code, _, err = run("--db", db, "approve", plan["plan_id"], "--approver", "admin")
+    assert (2, True) == (code, "made a plan" in one_line_error(err))  # the planner
+    code, out, _ = run("--db", db, "approve", plan["plan_id"], "--approver", "boss")
+    assert (0, True) == (code, "approved by boss" in out)
+    assert 0 == run(*args)[0]
+    code, _, _ = run("--db", db, "plan", "--mode", "request", "--all", "--actor", "admin",
+                     "--approval-threshold", "-1")  # fmt: skip
+    assert 2 == code
+
+
+def test_audit_refuses_a_bad_span_before_making_the_file(run: Run, db: str, tmp_path: Path) -> None:
+    """A reversed or out-of-range span exits 2 and leaves no file behind."""
+    target = tmp_path / "audit.csv"
+    for span in (
+        ["--since", "2026-03-01T13:00:00Z", "--until", "2026-03-01T12:00:00Z"],
+        ["--since", "0001-01-01T00:00:00+05:00"],
+    ):
+        code, _, err = run("--db", db, "audit", "--output", str(target), *span)
+        assert (2, False) == (code, target.exists()), err
+
+
 def test_apply_wrong_code_is_refused(run: Run, db: str, service: ResetService) -> None:
     """A wrong confirmation code: exit 2, nothing applied."""
     plan = _plan(run, db)

@@ -1187,3 +1187,103 @@ def test_the_audit_log_exports_as_json_lines_and_formula_safe_csv(
     ):
         with pytest.raises(InvalidInputError):
             service.export_audit(io.StringIO(), **bad)
+
+
+# ----------------------------------------------------------------- controls, after a review
+
+
+def test_the_services_approval_threshold_travels_with_the_plan(
+    make_service: ServiceFactory,
+) -> None:
+    """A plan made under approval_threshold keeps it: a process built without the setting
+    (the command line, a worker) still refuses to apply it unapproved."""
+    strict = make_service(approval_threshold=0)
+    plan = strict.plan(["m1"], force(), actor="admin")
+    assert 0 == strict.load_plan(plan.plan_id).settings.approval_threshold
+    lax = ResetService(strict.store, strict.notifier, strict.sessions, hasher=strict.hasher)
+    with pytest.raises(ApprovalRequiredError):
+        lax.apply(plan.plan_id, confirm=plan.confirmation)
+
+
+def test_an_approval_lapses_when_the_approver_stops_being_an_administrator(
+    make_service: ServiceFactory,
+) -> None:
+    """Approved by admin2, who is then demoted: apply refuses until another approves."""
+    service = make_service(approval_threshold=0)
+    plan = service.plan(["m1"], force(), actor="admin")
+    service.approve(plan, approver="admin2")
+    service.store.add_members(  # type: ignore[attr-defined]
+        [Member("admin2", "admin2@corp.example", "Second Admin", role="member")]
+    )
+    with pytest.raises(ApprovalRequiredError, match="no longer"):
+        service.apply(plan, confirm=plan.confirmation)
+    with pytest.raises(AuthorizationError, match="approve a plan"):
+        service.approve(plan, approver="admin2")
+    service.approve(plan, approver="boss")
+    assert 1 == service.apply(plan, confirm=plan.confirmation).count(Outcome.RESET)
+
+
+def test_a_cancelled_request_is_never_sent_by_a_later_apply(
+    make_service: ServiceFactory,
+) -> None:
+    """Requests whose notices failed are cancelled; applying the plan again sends neither,
+    whatever the notifier, and the plan counts them finished."""
+    service = make_service()
+    real = service.notifier.send
+    service.notifier.send = lambda notices: (_ for _ in ()).throw(OSError("mail down"))  # type: ignore[method-assign]
+    plan = service.plan(["m1", "m2"], ResetPolicy(ResetMode.REQUEST_CHANGE), actor="admin")
+    first = service.apply(plan, confirm=plan.confirmation)
+    assert 2 == len(first.unfinished)
+    assert 2 == service.cancel_change_requests(actor="admin", plan_id=plan.plan_id)
+    sent: list[Notice] = []
+    service.notifier.send = lambda notices: (sent.extend(notices), real(notices))  # type: ignore[method-assign]
+    again = service.apply(plan, confirm=plan.confirmation)
+    assert [] == sent
+    assert () == again.unfinished
+    assert "request_cancelled" in (again.outcomes["m1"].reason or "")
+
+
+def test_an_admin_cannot_cancel_a_super_admins_request(service: ResetService) -> None:
+    """A SUPER_ADMIN's change request is out of an ADMIN's reach, as their password is."""
+    for target in ("admin2", "boss"):
+        policy = ResetPolicy(ResetMode.REQUEST_CHANGE, include_actor=True)
+        plan = service.plan([target], policy, actor="boss")
+        service.apply(plan, confirm=plan.confirmation)
+    assert 0 == service.cancel_change_requests(actor="admin", member_id="boss")
+    assert 1 == service.cancel_change_requests(actor="admin", everyone=True)  # admin2's only
+    assert ["boss"] == [c.member_id for c in service.change_requests(live_only=True)]
+    assert 1 == service.cancel_change_requests(actor="boss", member_id="boss")
+
+
+def test_filters_are_checked(service: ResetService) -> None:
+    """Non-string IDs, non-bool flags and unknown plans are refused, not read as 'none'."""
+    import io
+
+    with pytest.raises(InvalidInputError):
+        service.cancel_change_requests(actor="admin", member_id=123)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        service.cancel_change_requests(actor="admin", everyone="no")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        service.change_requests(live_only="no")  # type: ignore[arg-type]
+    with pytest.raises(PlanNotFoundError):
+        service.cancel_change_requests(actor="admin", plan_id="plan-nope")
+    with pytest.raises(PlanNotFoundError):
+        service.export_audit(io.StringIO(), plan_id="plan-nope")
+    with pytest.raises(InvalidInputError):
+        service.export_audit(io.StringIO(), member_id=123)  # type: ignore[arg-type]
+    far = datetime.min.replace(tzinfo=timezone(timedelta(hours=5)))
+    with pytest.raises(InvalidInputError):
+        service.export_audit(io.StringIO(), since=far)
+
+
+def test_ascii_only_json_lines_escape_and_stay_valid(make_service: ServiceFactory) -> None:
+    """ascii_only=True writes \\u escapes: valid JSON on a stream that is not UTF-8."""
+    import io
+    import json
+
+    service = make_service([*directory(), Member("ü-😀", "u@corp.example", "Zoë")])
+    service.set_password("ü-😀", OWN)
+    out = io.StringIO()
+    service.export_audit(out, member_id="ü-😀", ascii_only=True)
+    assert out.getvalue().isascii()
+    assert ["ü-😀"] == [json.loads(line)["member_id"] for line in out.getvalue().splitlines()]

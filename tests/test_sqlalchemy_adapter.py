@@ -8,6 +8,7 @@ and ``test_service.py``.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -663,3 +664,17 @@ def test_a_per_member_store_refuses_a_plan_that_kept_no_password(
     record = after.store.load_plan(plan.plan_id)
     assert record is not None
     assert record.started_at is None
+
+
+def test_a_staged_apply_counts_targets_workers_did_before(chunked: ResetService) -> None:
+    """A chunk applied by a worker, then a staged apply: the counts cover every target,
+    those done earlier included, and match the outcomes."""
+    service = chunked
+    plan = service.plan(ALL, force(), actor="admin")
+    service.split(plan, confirm=plan.confirmation, chunk_size=5)
+    done = service.apply_chunk(plan, confirm=plan.confirmation, chunk=2)  # targets 10-14
+    assert done is not None
+    staged = service.apply(plan, confirm=plan.confirmation, limit=3)
+    by_outcome = Counter(o.outcome for o in staged.outcomes.values())
+    assert (8, 17) == (staged.count(Outcome.RESET), staged.remaining)
+    assert {k: v for k, v in staged.counts().items() if v} == dict(by_outcome)

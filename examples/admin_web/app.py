@@ -57,7 +57,7 @@ __all__ = ["create_app", "load_demo_members"]
 
 PRECAUTIONS = (
     "Force change gives every selected member the same new password, which they must "
-    "change at their next sign-in; it expires if they do not sign in within 24 hours.",
+    "change at their next sign-in; it stops working 24 hours after the reset.",
     "Force change signs the members out of every session within 5 minutes: tell them the "
     "new password yourself, or how to reset it; they cannot read work mail once signed out.",
     "Quick Login members who never set a password are left out of a force change.",
@@ -124,7 +124,8 @@ def create_app(service: ResetService, *, actor: str) -> Flask:
 
     def check_csrf() -> None:
         sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token") or ""
-        if not hmac.compare_digest(sent, session.get("csrf", "")) or not sent:
+        expected = str(session.get("csrf", ""))
+        if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
             abort(400, "missing or wrong CSRF token")
 
     app.jinja_env.globals["csrf_token"] = csrf_token
@@ -147,8 +148,12 @@ def create_app(service: ResetService, *, actor: str) -> Flask:
     def precautions() -> Response:
         """What the dialog shows for a selection: counts, and who cannot self-recover."""
         check_csrf()
-        ids = list(dict.fromkeys(request.get_json(force=True).get("member_ids", [])))
-        found = service.store.get_members([i for i in ids if isinstance(i, str)])
+        body = request.get_json(force=True, silent=True)
+        chosen = body.get("member_ids") if isinstance(body, dict) else None
+        if not isinstance(chosen, list) or not all(isinstance(i, str) for i in chosen):
+            abort(400, 'send {"member_ids": [member IDs]}')
+        ids = list(dict.fromkeys(chosen))
+        found = service.store.get_members(ids)
         statuses = Counter(m.status.value for m in found.values())
         return jsonify(
             selected=len(ids),
@@ -201,8 +206,11 @@ def create_app(service: ResetService, *, actor: str) -> Flask:
         code = request.form.get("confirm", "")
         run = _Run(total=len(plan.targets))
         with lock:
-            if plan_id in runs and runs[plan_id].state == "running":
+            earlier = runs.get(plan_id)
+            if earlier is not None and earlier.state == "running":
                 return redirect(url_for("progress", plan_id=plan_id), code=303)
+            if earlier is not None and earlier.state == "finished":  # a reload, a double post
+                return redirect(url_for("result", plan_id=plan_id), code=303)
             runs[plan_id] = run
 
         def work() -> None:

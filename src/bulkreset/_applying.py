@@ -19,6 +19,7 @@ from ._hashing import effective_workers, hash_many
 from ._model import (
     IN_MEMORY_LIMIT,
     NO_CHANNEL,
+    REQUEST_CANCELLED,
     AuditEvent,
     Member,
     MemberOutcome,
@@ -32,6 +33,7 @@ from ._model import (
     ResultSummary,
     SignInMethod,
     is_unfinished,
+    notice_settled,
 )
 from ._tokens import derive_password, token_deriver, token_digest
 from .errors import InvalidTokenError, PlanInProgressError, RetryLaterError
@@ -210,6 +212,7 @@ class ApplyRun:
             left = sum(1 for m in part if m.member_id not in done)
             self.remaining += left
             self.counts[Outcome.PENDING] += left
+            self._tally(done[m.member_id] for m in part if m.member_id in done)  # done before
 
     def _apply_by_ports(self, chunk: Sequence[Member]) -> None:
         """The port-by-port path: effects, then sessions, then notices, each recorded."""
@@ -286,6 +289,7 @@ class ApplyRun:
         left = sum(1 for m in rest if m.member_id not in self.rows)
         self.remaining += left
         self.counts[Outcome.PENDING] += left
+        self._tally(self.rows[m.member_id] for m in rest if m.member_id in self.rows)
 
     def _record_plan_exclusions(self) -> None:
         """Record the plan's exclusions as outcomes (once), so results read one table."""
@@ -316,8 +320,7 @@ class ApplyRun:
                 self.unfinished.append(outcome.member_id)
             if outcome.outcome is Outcome.FAILED or (
                 outcome.outcome in (Outcome.RESET, Outcome.REQUESTED)
-                and not outcome.notified
-                and NO_CHANNEL not in _parts(outcome.reason)
+                and not notice_settled(outcome)
             ):
                 self.secrets_needed = True
 
@@ -638,7 +641,7 @@ class ApplyRun:
                     **base,  # type: ignore[arg-type]
                 )
             )
-        if self.sends_request:
+        if self.sends_request and REQUEST_CANCELLED not in _parts(row.reason):
             assert row.at is not None
             notices.append(
                 Notice(
@@ -665,8 +668,7 @@ class ApplyRun:
             for member in chunk
             if (row := self.rows.get(member.member_id)) is not None
             and row.outcome in (Outcome.RESET, Outcome.REQUESTED)
-            and not row.notified
-            and NO_CHANNEL not in _parts(row.reason)  # final: nothing could reach them
+            and not notice_settled(row)  # final: sent, nothing could reach them, or cancelled
         ]
         if not due:
             return

@@ -41,8 +41,11 @@ def select_events(
         InvalidInputError: a bound is naive or not a datetime, or *until* is
             not after *since*.
     """
-    low = None if since is None else to_utc(_datetime(since, "since"), what="since")
-    high = None if until is None else to_utc(_datetime(until, "until"), what="until")
+    try:
+        low = None if since is None else to_utc(_datetime(since, "since"), what="since")
+        high = None if until is None else to_utc(_datetime(until, "until"), what="until")
+    except OverflowError:
+        raise InvalidInputError("since and until must be times in UTC's range") from None
     if low is not None and high is not None and high <= low:
         raise InvalidInputError("until must be after since")
     return (e for e in events if (low is None or e.at >= low) and (high is None or e.at < high))
@@ -54,10 +57,13 @@ def _datetime(value: object, what: str) -> datetime:
     return value
 
 
-def write_audit(events: Iterable[AuditEvent], out: TextIO, *, format: AuditFormat) -> int:
+def write_audit(
+    events: Iterable[AuditEvent], out: TextIO, *, format: AuditFormat, ascii_only: bool = False
+) -> int:
     """Write *events* to the text stream *out*; returns how many.
 
-    ``jsonl``: one JSON object a line (UTF-8 text, ``ensure_ascii=False``).
+    ``jsonl``: one JSON object a line (UTF-8 text; with *ascii_only*, every
+    non-ASCII character as a ``\\uXXXX`` escape, for a stream that is not UTF-8).
     ``csv``: a header row, then one row an event, ``\\r\\n`` line ends (open
     files with ``newline=""``), formula-like cells quoted.
 
@@ -77,7 +83,7 @@ def write_audit(events: Iterable[AuditEvent], out: TextIO, *, format: AuditForma
         return count
     for event in events:
         row = dict(zip(AUDIT_COLUMNS, _values(event), strict=True))
-        out.write(json.dumps(row, ensure_ascii=False))
+        out.write(json.dumps(row, ensure_ascii=ascii_only))
         out.write("\n")
         count += 1
     return count

@@ -778,13 +778,30 @@ personal email or a mobile phone (the member is signed out of the work account),
 they have neither. The plan's precautions counted them (``CANNOT_SELF_RECOVER``)."""
 
 
+REQUEST_CANCELLED = "request_cancelled"
+"""The reason of a target whose change request an administrator cancelled before its
+notice went out: it is never sent (``ResetService.cancel_change_requests``)."""
+
+
+def notice_settled(outcome: MemberOutcome) -> bool:
+    """Whether nothing is left to send a target: notified, no channel for the notice
+    (:data:`NO_CHANNEL`), or a change request that was cancelled (:data:`REQUEST_CANCELLED`)."""
+    parts = (outcome.reason or "").split("; ")
+    return (
+        outcome.notified
+        or NO_CHANNEL in parts
+        or (outcome.outcome is Outcome.REQUESTED and REQUEST_CANCELLED in parts)
+    )
+
+
 def is_unfinished(outcome: MemberOutcome) -> bool:
     """True for a target whose reset failed, or whose sign-out or notice is unconfirmed.
 
     A target with no channel for their notice (:data:`NO_CHANNEL`) is finished:
-    trying again cannot reach them; the administrator hands the news over.
+    trying again cannot reach them; the administrator hands the news over. So
+    is one whose change request was cancelled (:data:`REQUEST_CANCELLED`).
     """
-    unnotified = not outcome.notified and NO_CHANNEL not in (outcome.reason or "").split("; ")
+    unnotified = not notice_settled(outcome)
     return (
         outcome.outcome is Outcome.FAILED
         or (outcome.outcome is Outcome.RESET and (not outcome.sessions_revoked or unnotified))

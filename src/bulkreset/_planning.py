@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Collection, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ._model import (
@@ -134,6 +134,16 @@ def _plural(count: int, one: str, many: str) -> str:
     return f"{count:,} {one if count == 1 else many}"
 
 
+def _span(span: timedelta) -> str:
+    """A duration in words: ``24 hours``, ``90 minutes``, ``3 days``."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
+
+
 def precautions(
     settings: PlanSettings,
     *,
@@ -164,8 +174,14 @@ def precautions(
                 "Deliver the new password to them directly, or tell them how to find it and "
                 "reset it: they cannot read mail sent to the work account once signed out."
             )
+        lines.append(got)
+        if settings.require_change_at_next_login and settings.temporary_password_ttl:
+            lines.append(
+                f"The temporary password stops working {_span(settings.temporary_password_ttl)} "
+                "after the reset: members who have not changed it by then must use password "
+                "recovery or get a new reset (OWASP ASVS 2.3.1)."
+            )
         lines += [
-            got,
             f"They will be signed out of every session within {minutes} minute(s).",
             hand_over,
             f"{_plural(cannot_self_recover, 'target has', 'targets have')} no mobile phone "

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Literal, TextIO
 
 import argon2
+import attrs
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import _planning
@@ -21,6 +22,7 @@ from ._clock import Clock, read_clock, system_clock, to_utc
 from ._handoff import HandoffFile
 from ._model import (
     ALL,
+    REQUEST_CANCELLED,
     AuditEvent,
     AuthResult,
     ChangeRequest,
@@ -57,6 +59,7 @@ from .ports import (
     ChangeRequestStorage,
     ChunkedStorage,
     CredentialWrite,
+    EffectBatch,
     Notifier,
     PlanRecord,
     PlanWriter,
@@ -86,6 +89,12 @@ AuditSink = Callable[[AuditEvent], None]
 
 
 _MAX_LOGIN_LENGTH = 1024
+
+
+def _check_filters(**filters: object) -> None:
+    for name, value in filters.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidInputError(f"{name} must be a string")
 
 
 def _change_request(record: TokenRecord, generation: int, now: datetime) -> ChangeRequest:
@@ -343,6 +352,13 @@ class ResetService:
         now = self._now()
         actor_member = self._authorize(actor)
         settings = policy.settings()
+        if self.approval_threshold is not None:
+            # Kept with the plan: any process applying it (the command line, a worker
+            # configured without the threshold) still needs the approval.
+            given = (self.approval_threshold, settings.approval_threshold)
+            settings = attrs.evolve(
+                settings, approval_threshold=min(t for t in given if t is not None)
+            )
         force = policy.mode is ResetMode.FORCE_CHANGE
         password_hash = password = token_key = None
         folded_password = None
@@ -543,11 +559,22 @@ class ResetService:
     def _check_approved(self, record: PlanRecord) -> None:
         """Raise unless the plan is approved, or small enough not to need it."""
         targets = len(record.plan.targets)
-        if record.approved_by is None and self._needs_approval(targets, record.plan.settings):
+        if not self._needs_approval(targets, record.plan.settings):
+            return
+        if record.approved_by is None:
             raise ApprovalRequiredError(
                 f"plan {record.plan.plan_id} has {targets:,} target(s): a second "
                 "administrator must approve it first (two-person approval)"
             )
+        if not self._approver_is_valid(record.approved_by):
+            raise ApprovalRequiredError(
+                f"plan {record.plan.plan_id} was approved by {record.approved_by}, who is no "
+                "longer an active administrator: another administrator must approve it"
+            )
+
+    def _approver_is_valid(self, member_id: str) -> bool:
+        member = self.store.get_members([member_id]).get(member_id)
+        return member is not None and member.role.is_admin and member.status is MemberStatus.ACTIVE
 
     def approve(self, plan: ResetPlan | str, *, approver: str) -> None:
         """Approve a plan as the second administrator (two-person approval).
@@ -575,7 +602,10 @@ class ResetService:
                 "(it is not a bulkreset.ports.ApprovalStorage)"
             )
         record = self._load_record(plan.plan_id if isinstance(plan, ResetPlan) else plan)
-        admin = self._authorize(approver)
+        try:
+            admin = self._authorize(approver)
+        except AuthorizationError:
+            raise AuthorizationError("only an active administrator may approve a plan") from None
         if admin.member_id == record.plan.actor:
             raise AuthorizationError("the administrator who made a plan cannot approve it")
         planner = self.store.get_members([record.plan.actor]).get(record.plan.actor)
@@ -591,6 +621,8 @@ class ResetService:
             plan_id=record.plan.plan_id,
             detail=f"{len(record.plan.targets)} target(s), planned by {record.plan.actor}",
         )
+        if record.approved_by is not None and self._approver_is_valid(record.approved_by):
+            return  # approved already, by an administrator who still is one
         if self.store.approve_plan(record.plan.plan_id, admin.member_id, now, event):
             self._emit([event])
 
@@ -816,9 +848,9 @@ class ResetService:
                 ID is not a string.
         """
         store = self._request_store()
-        for value in (member_id, plan_id):
-            if value is not None and not isinstance(value, str):
-                raise InvalidInputError("member_id and plan_id are strings")
+        _check_filters(member_id=member_id, plan_id=plan_id)
+        if not isinstance(live_only, bool):
+            raise InvalidInputError("live_only is True or False")
         now = self._now()
         records = store.list_tokens(member_id=member_id, plan_id=plan_id)
         generations = {
@@ -843,6 +875,8 @@ class ResetService:
         link is withdrawn instead of delivered. Each cancellation is an audit
         event ``request.cancelled`` naming *actor*.
 
+        An ``ADMIN`` cancels no ``SUPER_ADMIN``'s request (as it may not reset one).
+
         Args:
             actor: Member ID of the administrator cancelling.
             member_id: Cancel this member's requests.
@@ -858,6 +892,11 @@ class ResetService:
             AuthorizationError: *actor* is not an active administrator.
         """
         store = self._request_store()
+        _check_filters(member_id=member_id, plan_id=plan_id)
+        if not isinstance(everyone, bool):
+            raise InvalidInputError("everyone is True or False")
+        if plan_id is not None:
+            self._load_record(plan_id)  # an unknown plan is an error, not "nothing to cancel"
         if member_id is None and plan_id is None and not everyone:
             raise InvalidInputError("name a member_id or a plan_id, or pass everyone=True")
         admin = self._authorize(actor)
@@ -868,6 +907,13 @@ class ResetService:
             for i, c in self.store.get_credentials({r.member_id for r in records}).items()
         }
         live = [r for r in records if _change_request(r, generations.get(r.member_id, 0), now).live]
+        if admin.role is Role.ADMIN:  # as with resets: an ADMIN never touches a SUPER_ADMIN's
+            owners = self.store.get_members({r.member_id for r in live})
+            live = [
+                r
+                for r in live
+                if (m := owners.get(r.member_id)) is None or m.role is not Role.SUPER_ADMIN
+            ]
         events = {
             r.digest: AuditEvent(
                 at=now,
@@ -880,7 +926,24 @@ class ResetService:
         }
         done = store.cancel_tokens([r.digest for r in live], now, events)
         self._emit([events[d] for d in done])
+        self._settle_cancelled([r for r in live if r.digest in set(done)])
         return len(done)
+
+    def _settle_cancelled(self, records: Sequence[TokenRecord]) -> None:
+        """Mark the progress of cancelled requests whose notice is still due, so no later
+        apply of their plan sends the dead link (whatever the notifier)."""
+        by_plan: dict[str, list[str]] = {}
+        for record in records:
+            by_plan.setdefault(record.plan_id, []).append(record.member_id)
+        for plan_id, member_ids in by_plan.items():
+            rows = self.store.get_progress(plan_id, member_ids)
+            due = [
+                attrs.evolve(row, reason="; ".join(filter(None, (row.reason, REQUEST_CANCELLED))))
+                for row in rows.values()
+                if not row.notified and REQUEST_CANCELLED not in (row.reason or "").split("; ")
+            ]
+            if due:
+                self.store.commit(EffectBatch(plan_id, progress=tuple(due)))
 
     # ------------------------------------------------------------------ member flows
 
@@ -1116,6 +1179,7 @@ class ResetService:
         since: datetime | None = None,
         until: datetime | None = None,
         format: Literal["jsonl", "csv"] = "jsonl",
+        ascii_only: bool = False,
     ) -> int:
         """Write the audit log (of a plan, a member, a time span) as JSON Lines or CSV.
 
@@ -1132,6 +1196,8 @@ class ResetService:
             since: Only events at or after this aware datetime.
             until: Only events before this aware datetime.
             format: ``"jsonl"`` (one JSON object a line) or ``"csv"``.
+            ascii_only: JSON Lines with every non-ASCII character escaped
+                (``\\uXXXX``), for a stream that is not UTF-8.
 
         Returns:
             How many events were written.
@@ -1142,9 +1208,12 @@ class ResetService:
         """
         if format not in AUDIT_FORMATS:
             raise InvalidInputError(f"format is one of {', '.join(AUDIT_FORMATS)}, not {format!r}")
+        _check_filters(member_id=member_id, plan_id=plan_id)
+        if plan_id is not None:
+            self._load_record(plan_id)  # an unknown plan is an error, not an empty log
         events = select_events(
             self.store.audit_events(plan_id=plan_id, member_id=member_id),
             since=since,
             until=until,
         )
-        return write_audit(events, out, format=format)
+        return write_audit(events, out, format=format, ascii_only=ascii_only)

@@ -12,6 +12,7 @@ Subcommands (SPEC §8)::
     bulkreset --db PATH outbox [--json] [--send --smtp HOST:PORT [--starttls | --tls]
                                [--user NAME --password-file FILE] [--rate N/s]
                                [--from ADDRESS] [--link URL] [--timezone ZONE]]
+    bulkreset --db PATH approve PLAN_ID --approver ID
     bulkreset --db PATH audit [PLAN_ID] [--member ID] [--since TIME] [--until TIME]
                               [--format jsonl|csv] [--output FILE]
     bulkreset demo
@@ -43,6 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ._audit_export import select_events
 from ._importing import FORMATS, load_members
 from ._model import (
     ALL,
@@ -187,7 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
         "shared password (handed over in the notices with --deliver-password, or in a "
         "hand-off file: apply --handoff FILE)",
     )
+    plan.add_argument(
+        "--approval-threshold",
+        metavar="N",
+        type=_at_least_zero,
+        help="two-person approval: above N targets, a second administrator must approve "
+        "the plan (bulkreset approve) before it can be applied",
+    )
     plan.add_argument("--json", action="store_true", help="print one JSON object")
+
+    approve = commands.add_parser(
+        "approve",
+        allow_abbrev=False,
+        help="approve a plan as the second administrator (two-person approval)",
+        description="Record your approval of a plan another administrator made.",
+    )
+    _db_option(approve, default=argparse.SUPPRESS)
+    approve.add_argument("plan_id", metavar="PLAN_ID")
+    approve.add_argument("--approver", metavar="ID", required=True, help="your member ID")
 
     apply = commands.add_parser(
         "apply",
@@ -510,6 +529,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         generate_passwords=args.generate_passwords,
         follow_with_request=args.then_request,
         deliver_password=args.deliver_password,
+        approval_threshold=args.approval_threshold,
     )
     service = _connect(path)
     try:
@@ -596,6 +616,28 @@ def _print_result(result: ResetResult, plan: ResetPlan, report: Path | None) -> 
         )
     if report is not None:
         _out(f"Report written to {report}.")
+
+
+def _at_least_zero(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _cmd_approve(args: argparse.Namespace) -> int:
+    path = _database(args)
+    service = _connect(path)
+    try:
+        service.approve(args.plan_id, approver=args.approver)
+    finally:
+        _close(service)
+    _out(f"Plan {args.plan_id} approved by {args.approver}.")
+    return 0
 
 
 def _at_least_one(text: str) -> int:
@@ -832,14 +874,6 @@ def _moment(text: str) -> datetime:
     return value
 
 
-class _Stdout:
-    """A text stream writing to standard output through :func:`_write`."""
-
-    def write(self, text: str) -> int:
-        _write(sys.stdout, text)
-        return len(text)
-
-
 def _cmd_audit(args: argparse.Namespace) -> int:
     path = _database(args)
     service = _connect(path)
@@ -853,8 +887,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             "until": args.until,
             "format": args.format,
         }
-        if args.output is None:  # through _write: text the terminal cannot encode is escaped
-            service.export_audit(_Stdout(), **options)  # type: ignore[arg-type]
+        select_events((), since=args.since, until=args.until)  # a bad span: before any file
+        if args.output is None:
+            encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+            if encoding != "utf8":  # JSON escapes what the terminal cannot show; CSV cannot
+                if args.format == "csv":
+                    raise UsageError(
+                        "standard output is not UTF-8: write the CSV with --output FILE"
+                    )
+                options["ascii_only"] = True
+            service.export_audit(sys.stdout, **options)
             return 0
         target = Path(args.output)
         try:
@@ -885,6 +927,7 @@ _COMMANDS = {
     "apply": _cmd_apply,
     "outbox": _cmd_outbox,
     "audit": _cmd_audit,
+    "approve": _cmd_approve,
     "demo": _cmd_demo,
 }
 

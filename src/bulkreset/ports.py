@@ -537,8 +537,9 @@ class ApprovalStorage(Protocol):
     (every shipped store does). ``ResetService(approval_threshold=...)`` needs it."""
 
     def approve_plan(self, plan_id: str, approver: str, at: datetime, audit: AuditEvent) -> bool:
-        """Record *approver*'s approval and append *audit*, atomically, unless the plan
-        is approved already. Returns ``False`` (writing nothing) then.
+        """Record *approver*'s approval (replacing an earlier one: the service asks
+        again only when the earlier approver is no longer an administrator) and
+        append *audit*, atomically. Returns ``True``.
 
         Raises:
             PlanNotFoundError: no such plan.

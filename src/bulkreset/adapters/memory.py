@@ -189,8 +189,6 @@ class MemoryStorage:
             record = self._plans.get(plan_id)
             if record is None:
                 raise PlanNotFoundError(plan_id)
-            if record.approved_by is not None:
-                return False
             self._plans[plan_id] = attrs.evolve(record, approved_by=approver, approved_at=at)
             self._audit.append(audit)
             return True

@@ -971,7 +971,7 @@ class SqlAlchemyStorage:
         )
 
     def approve_plan(self, plan_id: str, approver: str, at: datetime, audit: AuditEvent) -> bool:
-        """Record the plan's approval and append *audit*, unless it is approved already.
+        """Record the plan's approval (replacing an earlier one) and append *audit*.
 
         Raises:
             PlanNotFoundError: no such plan.
@@ -981,15 +981,13 @@ class SqlAlchemyStorage:
         with self._write() as conn:
             updated = conn.execute(
                 p.update()
-                .where(p.c.plan_id == plan_id, p.c.approved_by.is_(None))
+                .where(p.c.plan_id == plan_id)
                 .values(approved_by=approver, approved_at=at)
             )
-            if updated.rowcount == 1:
-                conn.execute(audit_log.insert().values(_audit_row(audit)))
-                return True
-            if conn.execute(sa.select(p.c.plan_id).where(p.c.plan_id == plan_id)).first():
-                return False
-            raise PlanNotFoundError(plan_id)
+            if updated.rowcount != 1:
+                raise PlanNotFoundError(plan_id)
+            conn.execute(audit_log.insert().values(_audit_row(audit)))
+            return True
 
     def _plan_section(self, plan_id: str, section: int, start: int, stop: int) -> list[Any]:
         e = plan_entries

@@ -709,7 +709,7 @@ class SqliteStorage:
         )
 
     def approve_plan(self, plan_id: str, approver: str, at: datetime, audit: AuditEvent) -> bool:
-        """Record the plan's approval and append *audit*, unless it is approved already.
+        """Record the plan's approval (replacing an earlier one) and append *audit*.
 
         Raises:
             PlanNotFoundError: no such plan.
@@ -717,16 +717,13 @@ class SqliteStorage:
         """
         with self._db.write() as conn:
             cursor = conn.execute(
-                "UPDATE plans SET approved_by = ?, approved_at = ? "
-                "WHERE plan_id = ? AND approved_by IS NULL",
+                "UPDATE plans SET approved_by = ?, approved_at = ? WHERE plan_id = ?",
                 (approver, to_iso(at), plan_id),
             )
-            if cursor.rowcount == 1:
-                conn.execute(_INSERT_AUDIT, _audit_params(audit))
-                return True
-            if conn.execute("SELECT 1 FROM plans WHERE plan_id = ?", (plan_id,)).fetchone():
-                return False
-            raise PlanNotFoundError(plan_id)
+            if cursor.rowcount != 1:
+                raise PlanNotFoundError(plan_id)
+            conn.execute(_INSERT_AUDIT, _audit_params(audit))
+            return True
 
     def _plan_section(self, plan_id: str, section: int, start: int, stop: int) -> list[Any]:
         fetch = (self._plan_targets, self._plan_excluded, self._plan_warnings)[section]
