@@ -678,3 +678,25 @@ def test_a_staged_apply_counts_targets_workers_did_before(chunked: ResetService)
     by_outcome = Counter(o.outcome for o in staged.outcomes.values())
     assert (8, 17) == (staged.count(Outcome.RESET), staged.remaining)
     assert {k: v for k, v in staged.counts().items() if v} == dict(by_outcome)
+
+
+def test_a_trailing_space_never_aliases_another_member(
+    engine: sa.Engine, clock: FakeClock, cheap_hasher: argon2.PasswordHasher
+) -> None:
+    """ "m1 " is not "m1": MariaDB/MySQL (which compare trailing spaces away) refuse such
+    IDs and find nothing by them; the others keep them distinct. m1 is never touched."""
+    service = open_service(engine, clock=clock, hasher=cheap_hasher)
+    store: Any = service.store
+    store.add_members(directory())
+    before = store.get_members(["m1"])["m1"]
+    padded = Member("m1 ", "other@corp.example")
+    if engine.dialect.name in ("mysql", "mariadb"):
+        with pytest.raises(InvalidInputError, match="trailing space"):
+            store.add_members([padded])
+        assert {} == store.get_members(["m1 "])
+    else:
+        store.add_members([padded])
+        assert "other@corp.example" == store.get_members(["m1 "])["m1 "].login_id
+    assert before == store.get_members(["m1"])["m1"]
+    session = service.sessions.create("m1")  # type: ignore[attr-defined]
+    assert not service.sessions.is_active(session + " ")  # type: ignore[attr-defined]

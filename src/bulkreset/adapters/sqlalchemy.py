@@ -131,10 +131,10 @@ def _storable(text: object, limit: int = ID) -> bool:
     return True
 
 
-def _batches(ids: Iterable[str], limit: int = ID) -> Iterator[list[str]]:
+def _batches(ids: Iterable[str], limit: int = ID, *, pad: bool = False) -> Iterator[list[str]]:
     batch: list[str] = []
     for item in ids:
-        if _storable(item, limit):
+        if _storable(item, limit) and not (pad and item.endswith(" ")):
             batch.append(item)
             if len(batch) == _IN_BATCH:
                 yield batch
@@ -456,6 +456,9 @@ class SqlAlchemyStorage:
         if users is not None and not isinstance(users, UsersTable):
             raise InvalidInputError("users must be a UsersTable")
         self._dialect = _Dialect(engine.dialect.name)
+        # MariaDB/MySQL compare strings with PAD SPACE: "m1 " equals "m1" there. Keys that
+        # end in a space are refused on the way in, and looked up as absent.
+        self._pad = self._dialect.mysql
         if not self._dialect.sqlite:
             engine = engine.execution_options(isolation_level="READ COMMITTED")
         self.engine: sa.Engine = engine
@@ -468,6 +471,10 @@ class SqlAlchemyStorage:
             except StorageError:
                 self.close()
                 raise
+
+    def _ok(self, value: object, limit: int = ID) -> bool:
+        """Whether *value* can be a key this database stores and compares exactly."""
+        return _storable(value, limit) and not (self._pad and str(value).endswith(" "))
 
     @property
     def hashes_each_member(self) -> bool:
@@ -557,6 +564,13 @@ class SqlAlchemyStorage:
             raise InvalidInputError("add_members takes an iterable of Member objects") from None
         if not all(isinstance(m, Member) for m in batch):
             raise InvalidInputError("add_members takes Member objects")
+        if self._pad:
+            for member in batch:
+                if member.member_id.endswith(" ") or member.login_id.endswith(" "):
+                    raise InvalidInputError(
+                        f"member {member.member_id!r}: MariaDB/MySQL ignore a trailing space "
+                        "when comparing, so IDs and login IDs may not end in one"
+                    )
         latest = {m.member_id: m for m in batch}  # a member twice: the later one wins
         with self._write() as conn:
             self._check_logins(conn, list(latest.values()))
@@ -642,7 +656,7 @@ class SqlAlchemyStorage:
 
     def _members_by_login(self, conn: sa.Connection, login_keys: Sequence[str]) -> list[Member]:
         users = self.users
-        keys = [k for k in login_keys if _storable(k, 10 * ID)]
+        keys = [k for k in login_keys if self._ok(k, 10 * ID)]
         if not keys:
             return []
         if not self._host_users:
@@ -663,7 +677,7 @@ class SqlAlchemyStorage:
             StorageError: the database failed, or the users table holds an invalid member.
         """
         out: dict[str, Member] = {}
-        for batch in _batches(member_ids):
+        for batch in _batches(member_ids, pad=self._pad):
             stmt = sa.select(*self.users.member_columns()).where(
                 self._dialect.in_(self.users.key, batch)
             )
@@ -746,7 +760,7 @@ class SqlAlchemyStorage:
             c.c.expires_at,
         )
         out: dict[str, Credential] = {}
-        for batch in _batches(member_ids):
+        for batch in _batches(member_ids, pad=self._pad):
             where: sa.ColumnElement[bool]
             if host is None:
                 source = c.outerjoin(p, p.c.plan_id == c.c.shared_plan_id)
@@ -822,7 +836,7 @@ class SqlAlchemyStorage:
             plan_hash = (
                 sa.select(plans.c.password_hash).where(plans.c.plan_id == plan_id).scalar_subquery()
             )
-            for batch in _batches(ids):
+            for batch in _batches(ids, pad=self._pad):
                 conn.execute(
                     table.update().where(self._dialect.in_(key, batch)).values({host: plan_hash})
                 )
@@ -941,7 +955,7 @@ class SqlAlchemyStorage:
         Raises:
             StorageError: the database failed.
         """
-        if not _storable(plan_id, SHORT):
+        if not self._ok(plan_id, SHORT):
             return None
         p = plans
         rows = self._read(
@@ -1226,7 +1240,7 @@ class SqlAlchemyStorage:
         Raises:
             StorageError: the database failed.
         """
-        if not _storable(plan_id, SHORT):
+        if not self._ok(plan_id, SHORT):
             return 0, 0
         k = chunks
         rows = self._read(
@@ -1248,7 +1262,7 @@ class SqlAlchemyStorage:
         Raises:
             StorageError: the database failed.
         """
-        if not _storable(plan_id, SHORT):
+        if not self._ok(plan_id, SHORT):
             return {}
         g = progress
         base = sa.select(
@@ -1265,7 +1279,8 @@ class SqlAlchemyStorage:
             statements = [base]
         else:
             statements = [
-                base.where(self._dialect.in_(g.c.member_id, b)) for b in _batches(member_ids)
+                base.where(self._dialect.in_(g.c.member_id, b))
+                for b in _batches(member_ids, pad=self._pad)
             ]
         out: dict[str, MemberOutcome] = {}
         for stmt in statements:
@@ -1344,7 +1359,7 @@ class SqlAlchemyStorage:
         ids = list({r.member_id for r in records})
         generations: dict[str, int] = {}
         c = credentials
-        for b in _batches(ids):
+        for b in _batches(ids, pad=self._pad):
             rows = conn.execute(
                 sa.select(c.c.member_id, c.c.generation).where(self._dialect.in_(c.c.member_id, b))
             )
@@ -1406,7 +1421,7 @@ class SqlAlchemyStorage:
         Raises:
             StorageError: the database failed.
         """
-        if not _storable(digest, SHORT):
+        if not self._ok(digest, SHORT):
             return None
         rows = self._read(sa.select(tokens).where(tokens.c.digest == digest))
         return _token_from_row(rows[0]) if rows else None
@@ -1421,7 +1436,7 @@ class SqlAlchemyStorage:
         Raises:
             StorageError: the database failed; nothing is written.
         """
-        if not _storable(digest, SHORT):
+        if not self._ok(digest, SHORT):
             return False
         t = tokens
         with self._write() as conn:
@@ -1452,7 +1467,7 @@ class SqlAlchemyStorage:
         Raises:
             StorageError: the database failed.
         """
-        if not _storable(member_id or "") or not _storable(plan_id or "", SHORT):
+        if not self._ok(member_id or "") or not self._ok(plan_id or "", SHORT):
             return []
         stmt = sa.select(tokens).order_by(tokens.c.issued_at, tokens.c.digest)
         if member_id is not None:
@@ -1472,7 +1487,7 @@ class SqlAlchemyStorage:
         t = tokens
         done = []
         with self._write() as conn:
-            for digest in dict.fromkeys(d for d in digests if _storable(d, SHORT)):
+            for digest in dict.fromkeys(d for d in digests if self._ok(d, SHORT)):
                 revoked = conn.execute(
                     t.update()
                     .where(t.c.digest == digest, t.c.used_at.is_(None), t.c.revoked_at.is_(None))
@@ -1494,7 +1509,7 @@ class SqlAlchemyStorage:
         Raises:
             StorageError: the database failed.
         """
-        if not all(v is None or _storable(v) for v in (plan_id, member_id)):
+        if not all(v is None or self._ok(v) for v in (plan_id, member_id)):
             return []
         stmt = sa.select(audit_log).order_by(audit_log.c.seq)
         if plan_id is not None:
@@ -1762,7 +1777,7 @@ class SqlAlchemySessions:
             InvalidInputError: *member_id* is not a member ID (empty, too long, NUL...).
             StorageError: the database failed.
         """
-        if not _storable(member_id) or not member_id:
+        if not self._sa._ok(member_id) or not member_id:
             raise InvalidInputError("create takes a member ID")
         session_id = secrets.token_urlsafe(16)
         with self._sa._write() as conn:
@@ -1779,7 +1794,7 @@ class SqlAlchemySessions:
         Raises:
             StorageError: the database failed.
         """
-        if not _storable(session_id, SHORT):
+        if not self._sa._ok(session_id, SHORT):
             return False
         s = sessions
         rows = self._sa._read(
@@ -1798,7 +1813,7 @@ class SqlAlchemySessions:
         now = read_clock(self._clock)
         s = sessions
         with self._sa._write() as conn:
-            for batch in _batches(member_ids):
+            for batch in _batches(member_ids, pad=self._sa._pad):
                 conn.execute(
                     s.update()
                     .where(
