@@ -38,7 +38,7 @@ import os
 import shlex
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -618,15 +618,23 @@ def _print_result(result: ResetResult, plan: ResetPlan, report: Path | None) -> 
         _out(f"Report written to {report}.")
 
 
-def _at_least_zero(text: str) -> int:
-    """An argparse type: a whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+def _whole_number(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least *least*."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}")
+        return value
+
+    return parse
+
+
+_at_least_zero = _whole_number(0)
+_at_least_one = _whole_number(1)
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
@@ -638,17 +646,6 @@ def _cmd_approve(args: argparse.Namespace) -> int:
         _close(service)
     _out(f"Plan {args.plan_id} approved by {args.approver}.")
     return 0
-
-
-def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Dialect
 
 from .._clock import to_utc
 from ..errors import InvalidInputError
+from ._sqlite_schema import MEMBER_FIELDS
 
 __all__ = ["MEMBER_FIELDS", "UsersTable", "UtcDateTime", "metadata"]
 
@@ -226,19 +227,6 @@ sessions = _table(
     sa.Index("bulkreset_sessions_by_member", "member_id", "issued_at"),
 )
 
-
-MEMBER_FIELDS = (
-    "member_id",
-    "login_id",
-    "name",
-    "sign_in",
-    "mobile_phone",
-    "personal_email",
-    "status",
-    "role",
-    "locale",
-)
-"""The :class:`~bulkreset.Member` fields a users table maps, in ``member_from_store`` order."""
 
 _DEFAULTS: dict[str, str | None] = {
     "name": "",

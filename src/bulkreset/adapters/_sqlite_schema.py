@@ -39,6 +39,7 @@ __all__ = [
     "MEMBER_COLUMNS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "entry_rows",
     "member_from_row",
     "member_to_row",
     "migrate",
@@ -300,7 +301,7 @@ def _version(conn: sqlite3.Connection) -> int:
 # members ---------------------------------------------------------------------
 
 
-MEMBER_COLUMNS = (
+MEMBER_FIELDS = (
     "member_id",
     "login_id",
     "name",
@@ -310,8 +311,10 @@ MEMBER_COLUMNS = (
     "status",
     "role",
     "locale",
-    "login_key",
 )
+"""The :class:`Member` fields a store keeps, in ``member_from_store`` order."""
+
+MEMBER_COLUMNS = (*MEMBER_FIELDS, "login_key")
 """The fields of :func:`member_to_row`, in order."""
 
 
@@ -406,6 +409,24 @@ ENTRY_COLUMNS = (
     "plan_id, target_index, excluded_index, warning_index, member_id, reason, warning, "
     "login_id, name, sign_in, mobile_phone, personal_email, status, role, locale"
 )
+
+
+def entry_rows(
+    plan_id: str, entries: Sequence[PlanEntry], counts: list[int]
+) -> list[tuple[object, ...]]:
+    """The ``plan_entries`` rows of *entries*, numbered after *counts* (targets,
+    excluded, warnings so far), which it moves on: an entry has an index in each
+    section it belongs to (a target with a warning is in two)."""
+    rows = []
+    for entry in entries:
+        indexes: list[int | None] = [None, None, None]
+        sections = (entry.reason is None, entry.reason is not None, entry.warning is not None)
+        for section, present in enumerate(sections):
+            if present:
+                indexes[section] = counts[section]
+                counts[section] += 1
+        rows.append(entry_row(plan_id, entry, (indexes[0], indexes[1], indexes[2])))
+    return rows
 
 
 def entry_row(

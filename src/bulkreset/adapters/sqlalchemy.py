@@ -382,16 +382,10 @@ class SqlAlchemyPlanWriter:
     def add(self, entries: Sequence[Any]) -> None:
         """Insert *entries* after those added before (one ``executemany``)."""
         conn = self._connection()
-        rows = []
-        for entry in entries:
-            indexes: list[int | None] = [None, None, None]
-            sections = (entry.reason is None, entry.reason is not None, entry.warning is not None)
-            for section, present in enumerate(sections):
-                if present:
-                    indexes[section] = self.counts[section]
-                    self.counts[section] += 1
-            values = codec.entry_row(self.plan_id, entry, (indexes[0], indexes[1], indexes[2]))
-            rows.append(dict(zip(_PLAN_COLUMNS, values, strict=True)))
+        rows = [
+            dict(zip(_PLAN_COLUMNS, values, strict=True))
+            for values in codec.entry_rows(self.plan_id, entries, self.counts)
+        ]
         if rows:
             self._dialect.write(conn, plan_entries, rows)
 
@@ -618,7 +612,7 @@ class SqlAlchemyStorage:
     def _member_row(self, member: Member) -> dict[str, Any]:
         values = dict(zip(codec.MEMBER_COLUMNS, codec.member_to_row(member), strict=True))
         row: dict[str, Any] = {}
-        for field in (*codec.MEMBER_COLUMNS[:9], "login_key"):
+        for field in codec.MEMBER_COLUMNS:
             column = getattr(self.users, field)
             if column is not None:
                 row[column] = values[field]

@@ -387,15 +387,7 @@ class SqlitePlanWriter:
     def add(self, entries: Sequence[PlanEntry]) -> None:
         """Insert *entries* after those added before (one ``executemany``)."""
         conn = self._connection()
-        rows = []
-        for entry in entries:
-            indexes: list[int | None] = [None, None, None]
-            sections = (entry.reason is None, entry.reason is not None, entry.warning is not None)
-            for section, present in enumerate(sections):
-                if present:
-                    indexes[section] = self.counts[section]
-                    self.counts[section] += 1
-            rows.append(schema.entry_row(self.plan_id, entry, (indexes[0], indexes[1], indexes[2])))
+        rows = schema.entry_rows(self.plan_id, entries, self.counts)
         conn.executemany(
             f"INSERT INTO plan_entries ({schema.ENTRY_COLUMNS}) "  # noqa: S608 (fixed names)
             f"VALUES ({', '.join('?' * 15)})",
