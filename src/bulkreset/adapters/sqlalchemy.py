@@ -114,8 +114,6 @@ __all__ = [
 
 _IN_BATCH = 1000
 """IDs per ``IN (...)`` list."""
-_PARAMETERS = 30_000
-"""Bound parameters per multi-row INSERT (PostgreSQL takes at most 65,535)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
