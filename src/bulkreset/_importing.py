@@ -29,7 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from ._model import Member, MemberStatus, Role, SignInMethod, fold_login
+from ._model import MEMBER_FIELDS, Member, MemberStatus, Role, SignInMethod, fold_login
 from .errors import ImportFormatError, InvalidInputError
 
 __all__ = [
@@ -40,17 +40,9 @@ __all__ = [
     "parse_members",
 ]
 
-NATIVE_COLUMNS = (
-    "member_id",
-    "login_id",
-    "name",
-    "sign_in",
-    "mobile_phone",
-    "personal_email",
-    "status",
-    "role",
-)
-"""The native header, in the order ``shared/data/members.csv`` writes it."""
+NATIVE_COLUMNS = tuple(field for field in MEMBER_FIELDS if field != "locale")
+"""The native header, in the order ``shared/data/members.csv`` writes it (``locale``
+is an optional extra column)."""
 
 GOOGLE_EMAIL = "Email Address [Required]"
 GOOGLE_FIRST = "First Name [Required]"

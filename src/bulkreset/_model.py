@@ -348,7 +348,7 @@ def member_from_store(
             locale=locale,
         )
     member = object.__new__(Member)
-    for attribute, value in zip(_MEMBER_FIELDS, fields, strict=True):
+    for attribute, value in zip(MEMBER_FIELDS, fields, strict=True):
         object.__setattr__(member, attribute, value)
     return member
 
@@ -358,7 +358,8 @@ def _positive(instance: object, attribute: attrs.Attribute[timedelta], value: ti
         raise InvalidInputError(f"{attribute.name} must be a positive timedelta")
 
 
-_MEMBER_FIELDS = tuple(field.name for field in attrs.fields(Member))
+MEMBER_FIELDS = tuple(field.name for field in attrs.fields(Member))
+"""The :class:`Member` fields, in order (``member_from_store`` takes them so)."""
 
 MAX_SESSION_DEADLINE = timedelta(minutes=5)
 DEFAULT_TEMPORARY_PASSWORD_TTL = timedelta(hours=24)

@@ -23,8 +23,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
 from .._clock import to_utc
+from .._model import MEMBER_FIELDS
 from ..errors import InvalidInputError
-from ._sqlite_schema import MEMBER_FIELDS
 
 __all__ = ["MEMBER_FIELDS", "UsersTable", "UtcDateTime", "metadata"]
 

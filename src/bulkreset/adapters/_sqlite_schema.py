@@ -21,6 +21,7 @@ from typing import Any
 from .._clock import from_iso, to_iso
 from .._model import (
     IN_MEMORY_LIMIT,
+    MEMBER_FIELDS,
     Exclusion,
     ExclusionReason,
     Member,
@@ -300,19 +301,6 @@ def _version(conn: sqlite3.Connection) -> int:
 
 # members ---------------------------------------------------------------------
 
-
-MEMBER_FIELDS = (
-    "member_id",
-    "login_id",
-    "name",
-    "sign_in",
-    "mobile_phone",
-    "personal_email",
-    "status",
-    "role",
-    "locale",
-)
-"""The :class:`Member` fields a store keeps, in ``member_from_store`` order."""
 
 MEMBER_COLUMNS = (*MEMBER_FIELDS, "login_key")
 """The fields of :func:`member_to_row`, in order."""

@@ -98,6 +98,7 @@ from ._sqlalchemy_schema import (
 from ._sqlalchemy_schema import (
     audit as audit_log,
 )
+from ._wiring import service_over
 
 log = logging.getLogger("bulkreset")
 
@@ -1847,21 +1848,15 @@ def open_service(
         StorageError: *create_tables* failed.
     """
     store = SqlAlchemyStorage(engine, users=users, create_tables=create_tables)
-    try:
-        return ResetService(
-            store,
-            SqlAlchemyOutbox(store, clock=clock),
-            SqlAlchemySessions(store, clock=clock),
-            hasher=hasher,
-            clock=clock,
-            **options,
-        )
-    except TypeError as exc:  # an option ResetService does not have
-        store.close()
-        raise InvalidInputError(f"bad option: {exc}") from None
-    except BaseException:
-        store.close()
-        raise
+    return service_over(
+        store,
+        SqlAlchemyOutbox(store, clock=clock),
+        SqlAlchemySessions(store, clock=clock),
+        close=store.close,
+        hasher=hasher,
+        clock=clock,
+        **options,
+    )
 
 
 if TYPE_CHECKING:

@@ -75,6 +75,7 @@ from ..ports import (
 from . import _sqlite_bulk as bulk
 from . import _sqlite_schema as schema
 from ._delivery import DeliveryReport, OutboxDelivery, Transport, outbox_status
+from ._wiring import service_over
 
 __all__ = [
     "DeliveryReport",
@@ -1433,21 +1434,15 @@ def open_service(
         InvalidInputError: bad *options*.
     """
     store = SqliteStorage(path)
-    try:
-        return ResetService(
-            store,
-            SqliteOutbox(store, clock=clock),
-            SqliteSessions(store, clock=clock),
-            hasher=hasher,
-            clock=clock,
-            **options,
-        )
-    except TypeError as exc:  # an option ResetService does not have
-        store.close()
-        raise InvalidInputError(f"bad option: {exc}") from None
-    except BaseException:
-        store.close()
-        raise
+    return service_over(
+        store,
+        SqliteOutbox(store, clock=clock),
+        SqliteSessions(store, clock=clock),
+        close=store.close,
+        hasher=hasher,
+        clock=clock,
+        **options,
+    )
 
 
 if TYPE_CHECKING:
